@@ -1,0 +1,1 @@
+"""ARI: typed events (pure), REST client and events socket (asyncio adapters)."""

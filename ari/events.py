@@ -1,0 +1,174 @@
+"""ARI events as frozen dataclasses, parsed once by `parse_event()`.
+
+Event types the bridge acts on get their own class; every other type becomes
+`UnknownEvent(type, raw)` so the caller can log it at debug and move on. A message that is not
+a JSON object, has no `type`, or lacks the resource its type requires raises `AriEventError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ari.models import Bridge, Channel, parse_bridge, parse_channel
+from bridge.errors import AriEventError
+
+# Asterisk never sends anything close to this; a bigger message is a broken peer.
+MAX_EVENT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StasisStart:
+    channel: Channel
+    args: tuple[str, ...]
+    application: str
+
+
+@dataclass(frozen=True, slots=True)
+class StasisEnd:
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHangupRequest:
+    channel: Channel
+    cause: int
+    soft: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDestroyed:
+    channel: Channel
+    cause: int
+    cause_txt: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDtmfReceived:
+    channel: Channel
+    digit: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStateChange:
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEnteredBridge:
+    channel: Channel
+    bridge: Bridge
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLeftBridge:
+    channel: Channel
+    bridge: Bridge
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeDestroyed:
+    bridge: Bridge
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    type: str
+    raw: Mapping[str, Any]
+
+
+AriEvent = (
+    StasisStart
+    | StasisEnd
+    | ChannelHangupRequest
+    | ChannelDestroyed
+    | ChannelDtmfReceived
+    | ChannelStateChange
+    | ChannelEnteredBridge
+    | ChannelLeftBridge
+    | BridgeDestroyed
+    | UnknownEvent
+)
+
+
+def _int(obj: Mapping[str, Any], key: str) -> int:
+    value = obj.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _stasis_start(d: Mapping[str, Any]) -> StasisStart:
+    args = d.get("args", [])
+    if not isinstance(args, list):
+        raise AriEventError("StasisStart args is not a list")
+    app = d.get("application", "")
+    return StasisStart(
+        channel=parse_channel(d.get("channel")),
+        args=tuple(str(a) for a in args),
+        application=app if isinstance(app, str) else "",
+    )
+
+
+def _hangup_request(d: Mapping[str, Any]) -> ChannelHangupRequest:
+    return ChannelHangupRequest(
+        channel=parse_channel(d.get("channel")), cause=_int(d, "cause"), soft=d.get("soft") is True
+    )
+
+
+def _destroyed(d: Mapping[str, Any]) -> ChannelDestroyed:
+    txt = d.get("cause_txt", "")
+    return ChannelDestroyed(
+        channel=parse_channel(d.get("channel")),
+        cause=_int(d, "cause"),
+        cause_txt=txt if isinstance(txt, str) else "",
+    )
+
+
+def _dtmf(d: Mapping[str, Any]) -> ChannelDtmfReceived:
+    digit = d.get("digit")
+    if not isinstance(digit, str) or len(digit) != 1:
+        raise AriEventError("ChannelDtmfReceived has no single-character digit")
+    return ChannelDtmfReceived(
+        channel=parse_channel(d.get("channel")), digit=digit, duration_ms=_int(d, "duration_ms")
+    )
+
+
+_PARSERS: dict[str, Any] = {
+    "StasisStart": _stasis_start,
+    "StasisEnd": lambda d: StasisEnd(parse_channel(d.get("channel"))),
+    "ChannelHangupRequest": _hangup_request,
+    "ChannelDestroyed": _destroyed,
+    "ChannelDtmfReceived": _dtmf,
+    "ChannelStateChange": lambda d: ChannelStateChange(parse_channel(d.get("channel"))),
+    "ChannelEnteredBridge": lambda d: ChannelEnteredBridge(
+        parse_channel(d.get("channel")), parse_bridge(d.get("bridge"))
+    ),
+    "ChannelLeftBridge": lambda d: ChannelLeftBridge(
+        parse_channel(d.get("channel")), parse_bridge(d.get("bridge"))
+    ),
+    "BridgeDestroyed": lambda d: BridgeDestroyed(parse_bridge(d.get("bridge"))),
+}
+
+
+def parse_event(message: str | bytes) -> AriEvent:
+    """Parse one events-socket message; raises AriEventError, never anything else."""
+    if len(message) > MAX_EVENT_BYTES:
+        raise AriEventError(f"event of {len(message)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        data = json.loads(message)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AriEventError(f"event is not JSON: {exc}") from None
+    except RecursionError:
+        raise AriEventError("event is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise AriEventError("event is not a JSON object")
+    event_type = data.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise AriEventError("event has no type")
+    parser = _PARSERS.get(event_type)
+    if parser is None:
+        return UnknownEvent(event_type, data)
+    result: AriEvent = parser(data)
+    return result

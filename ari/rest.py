@@ -1,0 +1,211 @@
+"""ARI REST client: one aiohttp session, basic auth, a timeout on every request.
+
+A non-2xx answer raises `AriHttpError` with Asterisk's own text (`message`, or `error` as
+originate uses, asterisk-facts §17); a connection failure or timeout raises
+`AriUnavailableError`. Only idempotent requests are retried, and only on transport failures:
+retrying a POST that may have been applied would create a second resource.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from ari.models import Bridge, Channel, parse_bridge, parse_channel
+from bridge.errors import AriEventError, AriHttpError, AriUnavailableError
+from bridge.logs import get_logger
+
+log = get_logger("ari.rest")
+
+
+def normalize_base_url(url: str) -> str:
+    """Asterisk's HTTP root, from a URL given with or without the trailing /ari."""
+    url = url.rstrip("/")
+    if url.endswith("/ari"):
+        url = url[: -len("/ari")]
+    return url
+
+
+def _error_text(body: str, reason: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip() or reason
+    if isinstance(data, dict):
+        for key in ("message", "error"):
+            if isinstance(data.get(key), str):
+                return str(data[key])
+    return reason
+
+
+class AriRestClient:
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+    ) -> None:
+        self.root = normalize_base_url(base_url)
+        self._auth = aiohttp.BasicAuth(user, password)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retries = retries
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AriRestClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            # One connection pool for every call; a limit well above any realistic call
+            # setup burst, so setups do not queue behind each other.
+            connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                auth=self._auth, timeout=self._timeout, connector=connector
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- transport ----------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
+        """JSON body of a 2xx answer (None for 204); raises AriHttpError/AriUnavailableError."""
+        if not idempotent:
+            return await self._request_once(method, path, params)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retries),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            retry=retry_if_exception_type(AriUnavailableError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._request_once(method, path, params)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def _request_once(
+        self, method: str, path: str, params: Mapping[str, str] | None
+    ) -> Any:
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        url = f"{self.root}/ari{path}"
+        try:
+            async with self._session.request(method, url, params=params) as resp:
+                body = await resp.text()
+                status = resp.status
+                reason = resp.reason or ""
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise AriUnavailableError(f"{method} {path}: {type(exc).__name__} {exc}") from None
+        log.debug("ari_rest", method=method, path=path, status=status)
+        if not 200 <= status < 300:
+            raise AriHttpError(method, path, status, _error_text(body, reason))
+        if status == 204 or not body:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise AriHttpError(method, path, status, "answer is not JSON") from None
+
+    # ---- typed operations ---------------------------------------------------------------
+
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/answer", idempotent=True)
+
+    async def hangup(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{channel_id}", idempotent=True)
+
+    async def create_bridge(self, bridge_id: str, name: str, kind: str = "mixing") -> Bridge:
+        body = await self.request(
+            "POST", "/bridges", {"type": kind, "name": name, "bridgeId": bridge_id}
+        )
+        return _parse(parse_bridge, body)
+
+    async def delete_bridge(self, bridge_id: str) -> None:
+        await self.request("DELETE", f"/bridges/{bridge_id}", idempotent=True)
+
+    async def add_channels(self, bridge_id: str, channel_ids: Sequence[str]) -> None:
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/addChannel", {"channel": ",".join(channel_ids)}
+        )
+
+    async def create_external_media(
+        self,
+        *,
+        channel_id: str,
+        app: str,
+        external_host: str,
+        fmt: str,
+        encapsulation: str = "rtp",
+        transport: str = "udp",
+        direction: str = "both",
+    ) -> Channel:
+        body = await self.request(
+            "POST",
+            "/channels/externalMedia",
+            {
+                "app": app,
+                "external_host": external_host,
+                "format": fmt,
+                "encapsulation": encapsulation,
+                "transport": transport,
+                "direction": direction,
+                "channelId": channel_id,
+            },
+        )
+        return _parse(parse_channel, body)
+
+    async def continue_in_dialplan(
+        self, channel_id: str, context: str, extension: str, priority: int
+    ) -> None:
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/continue",
+            {"context": context, "extension": extension, "priority": str(priority)},
+        )
+
+    async def list_channels(self) -> list[Channel]:
+        body = await self.request("GET", "/channels", idempotent=True)
+        return [_parse(parse_channel, c) for c in body or []]
+
+    async def list_bridges(self) -> list[Bridge]:
+        body = await self.request("GET", "/bridges", idempotent=True)
+        return [_parse(parse_bridge, b) for b in body or []]
+
+    async def application(self, app: str) -> dict[str, Any]:
+        body = await self.request("GET", f"/applications/{app}", idempotent=True)
+        if not isinstance(body, dict):
+            raise AriHttpError("GET", f"/applications/{app}", 200, "answer is not an object")
+        return body
+
+
+def _parse(parser: Any, body: object) -> Any:
+    try:
+        return parser(body)
+    except AriEventError as exc:
+        raise AriHttpError("?", "?", 200, f"unexpected answer: {exc}") from None

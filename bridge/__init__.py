@@ -1,0 +1,1 @@
+"""Asterisk ARI ExternalMedia <-> Pipecat WebSocket bridge."""

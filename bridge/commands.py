@@ -1,0 +1,154 @@
+"""What the call state machine asks its runner to do, and what the runner reports back.
+
+Commands are frozen dataclasses compared by identity (eq=False): the runner hands the very
+command object back in `CommandDone`/`CommandFailed`, so two identical REST calls issued at
+different times never get confused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ari.models import Channel
+
+# ---- commands (machine -> runner) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Answer:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OpenMedia:
+    """Bind the media leg's local endpoint; answered by CommandDone(value=external_host)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CreateBridge:
+    bridge_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CreateExternalMedia:
+    channel_id: str
+    external_host: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StartMedia:
+    """Asterisk's side of the media is known: start relaying (value of the EM response)."""
+
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AddChannels:
+    bridge_id: str
+    channel_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ConnectBot:
+    url: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SendDtmf:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DrainPlayout:
+    """Play out what the bot queued, then report PlayoutDrained."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CloseBot:
+    send_stop: bool
+    code: int = 1000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HangupChannel:
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DeleteBridge:
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CloseMedia:
+    pass
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Finished:
+    """Everything the call created is gone; the runner drops the call."""
+
+    reason: str
+
+
+Command = (
+    Answer
+    | OpenMedia
+    | CreateBridge
+    | CreateExternalMedia
+    | StartMedia
+    | AddChannels
+    | ConnectBot
+    | SendDtmf
+    | DrainPlayout
+    | CloseBot
+    | HangupChannel
+    | DeleteBridge
+    | CloseMedia
+    | Finished
+)
+
+# ---- reports (runner -> machine) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone:
+    command: Command
+    value: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed:
+    command: Command
+    error: str
+    status: int | None = None  # the ARI HTTP status, when there was one
+
+
+@dataclass(frozen=True, slots=True)
+class BotConnected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BotClosed:
+    code: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutDrained:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HangupRequested:
+    """Somebody outside the call (shutdown, resync) wants it ended."""
+
+    reason: str
+    caller_gone: bool = False

@@ -1,0 +1,163 @@
+"""What every bot dialect shares: the call description, the bot's events, the codec protocol.
+
+A dialect is the spelling of one call on the bot WebSocket (Twilio Media Streams JSON, Exotel
+JSON, Vonage binary frames...). It is a pure, per-call codec: it turns the caller's audio and
+DTMF into messages for the bot, and the bot's messages into events for the bridge. It does no
+I/O and never reads the clock; the WebSocket adapter sends what it returns and feeds it what
+arrives.
+
+    bridge -> bot:  opening_messages(), encode_audio() per RTP payload, encode_dtmf(),
+                    encode_mark() once a bot mark has been played, closing_messages()
+    bot -> bridge:  decode(message) -> BotAudio | BotClear | BotMark | BotIgnored,
+                    or BotProtocolError (counted, logged at debug, dropped: never the call)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, TypeAlias
+
+from bridge.errors import BotProtocolError
+
+# Largest bot message accepted, in characters (text) or bytes (binary). Also the WebSocket
+# adapter's max_size. Pipecat's biggest message is the 2 s of end silence it sends before
+# closing: 16,000 bytes of µ-law, ~21 KB of base64 JSON.
+MAX_BOT_MESSAGE = 1 << 20
+
+BotMessage: TypeAlias = str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """The call as the bot is told about it, fixed when the call starts."""
+
+    call_id: str
+    channel_id: str
+    caller: str
+    called: str
+    custom: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("call_id", "channel_id", "caller", "called"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"CallInfo.{name} must be a str")
+        if not self.call_id:
+            raise ValueError("CallInfo.call_id must not be empty")
+        custom = dict(self.custom)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in custom.items()):
+            raise TypeError("CallInfo.custom must map str to str")
+        object.__setattr__(self, "custom", MappingProxyType(custom))
+
+
+@dataclass(frozen=True, slots=True)
+class BotAudio:
+    """Audio from the bot, in the call's RTP format (µ-law 8 kHz for twilio), any length."""
+
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payload, bytes):
+            raise TypeError("BotAudio.payload must be bytes")
+
+    def __repr__(self) -> str:
+        return f"BotAudio({len(self.payload)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class BotClear:
+    """The bot was interrupted: drop every queued frame of its audio now."""
+
+
+@dataclass(frozen=True, slots=True)
+class BotMark:
+    """A named point in the bot's audio; echo it with encode_mark() once played up to it."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BotIgnored:
+    """A valid message the bridge has no use for (e.g. an echoed `connected`)."""
+
+    reason: str
+
+
+BotEvent: TypeAlias = BotAudio | BotClear | BotMark | BotIgnored
+
+
+class BotDialect(Protocol):
+    """A per-call codec between the bridge and one bot WebSocket dialect."""
+
+    @property
+    def name(self) -> str: ...
+
+    def opening_messages(self, info: CallInfo) -> list[BotMessage]:
+        """The messages to send right after connecting, before any audio."""
+        ...
+
+    def encode_audio(self, payload: bytes) -> BotMessage:
+        """One message carrying one RTP payload of the caller's audio."""
+        ...
+
+    def encode_dtmf(self, digit: str) -> BotMessage | None:
+        """A caller's DTMF digit, or None when the dialect cannot carry it."""
+        ...
+
+    def encode_mark(self, name: str) -> BotMessage | None:
+        """The echo of a bot mark whose audio has been played, or None if not echoed."""
+        ...
+
+    def closing_messages(self) -> list[BotMessage]:
+        """The messages to send when the caller hangs up, before closing with 1000."""
+        ...
+
+    def decode(self, message: BotMessage) -> BotEvent:
+        """One bot message as an event; raises BotProtocolError for anything malformed."""
+        ...
+
+
+# Helpers for dialects that speak JSON text.
+
+
+def load_json_object(message: BotMessage, dialect: str) -> dict[str, Any]:
+    """Parse a text message into a JSON object, or raise BotProtocolError saying why not."""
+    if not isinstance(message, str):
+        raise BotProtocolError(f"binary frame of {len(message)} bytes in text dialect {dialect}")
+    if len(message) > MAX_BOT_MESSAGE:
+        raise BotProtocolError(f"message of {len(message)} characters exceeds {MAX_BOT_MESSAGE}")
+    try:
+        obj = json.loads(message)
+    except (ValueError, RecursionError) as exc:
+        raise BotProtocolError(f"message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BotProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def require_object(obj: Mapping[str, Any], key: str, context: str) -> Mapping[str, Any]:
+    """obj[key] as a JSON object, or BotProtocolError."""
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        raise BotProtocolError(f"{context} has no {key!r} object")
+    return value
+
+
+def require_str(obj: Mapping[str, Any], key: str, context: str) -> str:
+    """obj[key] as a string, or BotProtocolError."""
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise BotProtocolError(f"{context} has no {key!r} string")
+    return value
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    """Strict base64 (RFC 4648 alphabet, correct padding, no whitespace), or BotProtocolError."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BotProtocolError(f"{what} is not valid base64: {exc}") from None

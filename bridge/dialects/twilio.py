@@ -1,0 +1,178 @@
+"""The Twilio Media Streams dialect, as Pipecat's TwilioFrameSerializer and dev runner expect it.
+
+Bridge -> bot, in order (one TwilioDialect per call numbers the messages):
+
+    {"event":"connected","protocol":"Call","version":"1.0.0"}
+    {"event":"start","sequenceNumber":"1","streamSid":"MZ…","start":{"accountSid":"AC…",
+     "streamSid":"MZ…","callSid":"CA…","tracks":["inbound"],"customParameters":{…},
+     "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}
+    {"event":"media","sequenceNumber":"2","streamSid":"MZ…","media":{"track":"inbound",
+     "chunk":"1","timestamp":"0","payload":"<base64 µ-law>"}}          one per RTP payload
+    {"event":"dtmf",…,"dtmf":{"track":"inbound_track","digit":"5"}}
+    {"event":"mark",…,"mark":{"name":"…"}}              echo of a bot mark once played
+    {"event":"stop",…,"stop":{"accountSid":"AC…","callSid":"CA…"}}
+
+Bot -> bridge: `media` (base64 µ-law, any length), `clear`, `mark`. Pipecat's dev runner
+detects Twilio from `start.streamSid` + `start.callSid`, so `start` must precede any media.
+The SIDs are derived from the call id, so the same call shows the same SIDs in every log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from bridge.dialects.base import (
+    BotAudio,
+    BotClear,
+    BotEvent,
+    BotIgnored,
+    BotMark,
+    BotMessage,
+    CallInfo,
+    decode_base64,
+    load_json_object,
+    require_object,
+    require_str,
+)
+from bridge.errors import BotProtocolError
+
+SAMPLE_RATE = 8000
+BYTES_PER_MS = SAMPLE_RATE // 1000  # µ-law: one byte per sample
+
+# Digits a Twilio `dtmf` event may carry. Pipecat accepts 0-9 * # and drops A-D itself.
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+# Events Twilio defines that a bot may echo or send but that mean nothing to the bridge.
+IGNORED_EVENTS = frozenset({"connected", "start", "stop", "dtmf"})
+
+# Salt for the account SID: one fixed fake account for every call of this bridge.
+ACCOUNT_NAME = "asterisk-pipecat-bridge"
+
+# The hot path: one media message per 20 ms per call. Filled with %-formatting after the
+# stream SID is baked in; tests prove it equals json.dumps of the dict form.
+_MEDIA_TEMPLATE = (
+    '{"event":"media","sequenceNumber":"%d","streamSid":"<sid>","media":'
+    '{"track":"inbound","chunk":"%d","timestamp":"%d","payload":"%s"}}'
+)
+
+
+def _sid(prefix: str, salt: str, value: str) -> str:
+    """A Twilio-shaped SID: two letters and 32 hex digits, stable for a given value."""
+    digest = hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()
+    return prefix + digest[:32]
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class TwilioDialect:
+    """Twilio Media Streams for one call: numbers sequenceNumber, chunk and timestamp."""
+
+    name = "twilio"
+
+    __slots__ = (
+        "_bytes_sent",
+        "_chunks",
+        "_media_template",
+        "_sequence",
+        "account_sid",
+        "call_sid",
+        "info",
+        "stream_sid",
+    )
+
+    def __init__(self, info: CallInfo) -> None:
+        self.info = info
+        self.stream_sid = _sid("MZ", "stream", info.call_id)
+        self.call_sid = _sid("CA", "call", info.call_id)
+        self.account_sid = _sid("AC", "account", ACCOUNT_NAME)
+        self._sequence = 0  # last sequenceNumber sent; `start` is 1
+        self._chunks = 0  # media messages sent
+        self._bytes_sent = 0  # µ-law bytes sent, for the timestamp
+        self._media_template = _MEDIA_TEMPLATE.replace("<sid>", self.stream_sid)
+
+    def __repr__(self) -> str:
+        return f"TwilioDialect({self.info.call_id!r}, {self.stream_sid}, seq={self._sequence})"
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
+
+    def _event(self, event: str, body: dict[str, Any]) -> str:
+        """A numbered message of this stream: event, sequenceNumber, streamSid, then body."""
+        head = {
+            "event": event,
+            "sequenceNumber": str(self._next_sequence()),
+            "streamSid": self.stream_sid,
+        }
+        return _dumps(head | body)
+
+    # bridge -> bot
+
+    def opening_messages(self, info: CallInfo) -> list[BotMessage]:
+        if info.call_id != self.info.call_id:
+            raise ValueError(f"opening_messages for call {info.call_id!r} on {self!r}")
+        connected = _dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        parameters = {
+            "call_id": info.call_id,
+            "channel_id": info.channel_id,
+            "from_number": info.caller,
+            "to_number": info.called,
+        }
+        # The call's own fields win over a custom parameter of the same name.
+        parameters |= {k: v for k, v in info.custom.items() if k not in parameters}
+        start = {
+            "accountSid": self.account_sid,
+            "streamSid": self.stream_sid,
+            "callSid": self.call_sid,
+            "tracks": ["inbound"],
+            "customParameters": parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
+        }
+        return [connected, self._event("start", {"start": start})]
+
+    def encode_audio(self, payload: bytes) -> BotMessage:
+        self._sequence += 1
+        self._chunks += 1
+        timestamp = self._bytes_sent // BYTES_PER_MS
+        self._bytes_sent += len(payload)
+        b64 = base64.b64encode(payload).decode("ascii")
+        return self._media_template % (self._sequence, self._chunks, timestamp, b64)
+
+    def encode_dtmf(self, digit: str) -> BotMessage | None:
+        if digit not in DTMF_DIGITS:
+            return None
+        return self._event("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
+
+    def encode_mark(self, name: str) -> BotMessage | None:
+        return self._event("mark", {"mark": {"name": name}})
+
+    def closing_messages(self) -> list[BotMessage]:
+        stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
+        return [self._event("stop", {"stop": stop})]
+
+    # bot -> bridge
+
+    def decode(self, message: BotMessage) -> BotEvent:
+        obj = load_json_object(message, self.name)
+        if "event" not in obj:
+            raise BotProtocolError("message has no 'event'")
+        event = obj["event"]
+        if not isinstance(event, str):
+            raise BotProtocolError(f"'event' is a JSON {type(event).__name__}, not a string")
+        if event == "media":
+            media = require_object(obj, "media", "media event")
+            payload = require_str(media, "payload", "media event's 'media'")
+            return BotAudio(decode_base64(payload, "media.payload"))
+        if event == "clear":
+            return BotClear()
+        if event == "mark":
+            mark = require_object(obj, "mark", "mark event")
+            return BotMark(require_str(mark, "name", "mark event's 'mark'"))
+        if event in IGNORED_EVENTS:
+            return BotIgnored(f"twilio {event!r} event is not used by the bridge")
+        raise BotProtocolError(f"unknown event {event[:64]!r}")

@@ -1,0 +1,1 @@
+"""RTP: packet codec, sequencing and outbound pacing. Pure: no sockets, no clocks."""

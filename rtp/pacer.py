@@ -1,0 +1,191 @@
+"""Outbound pacing, as arithmetic: when frames are due, and which bytes go in each one.
+
+The adapter owns the timer. Each time it fires, with `now` from the loop's monotonic clock:
+
+    frames = clock.due(now)
+    sender.skip(clock.skipped)          # media time lost to a stall; skipped ticks come first
+    for _ in range(frames):
+        frame, marks = queue.pop_frame()  # None: nothing to say, send silence or nothing
+        ...
+    loop.call_at(clock.next_deadline, ...)
+
+Deadlines sit on a fixed grid `start + k * period`, so timer lateness never accumulates into
+drift. After a stall the clock sends at most `max_burst` frames at once and skips the rest of
+the missed ticks: the queued audio is delayed rather than lost, and the RTP timestamps, which
+the skipped ticks still advance, keep tracking real time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class DeadlineClock:
+    __slots__ = ("_next_tick", "max_burst", "period", "skipped", "skipped_total", "start")
+
+    def __init__(self, period: float, start: float, max_burst: int = 2) -> None:
+        if period <= 0:
+            raise ValueError(f"period must be positive, got {period}")
+        if max_burst < 1:
+            raise ValueError(f"max_burst must be at least 1, got {max_burst}")
+        self.period = period
+        self.start = start
+        self.max_burst = max_burst
+        # Tick k is due at start + k * period; tick 0 is due at `start` itself.
+        self._next_tick = 0
+        # Ticks dropped by the latest `due` call, and by all of them.
+        self.skipped = 0
+        self.skipped_total = 0
+
+    @property
+    def next_deadline(self) -> float:
+        return self.start + self._next_tick * self.period
+
+    def due(self, now: float) -> int:
+        """Consume the ticks whose deadline is at or before `now`; return how many to send."""
+        self.skipped = 0
+        if now < self.next_deadline:
+            return 0
+        # Ticks 0..passed-1 are due. The division can be off by one at an exact deadline, so
+        # settle it with the very expression `next_deadline` uses: a timer armed there must
+        # always find its tick due, or the adapter would spin re-arming the same instant.
+        passed = int((now - self.start) // self.period) + 1
+        while self.start + passed * self.period <= now:
+            passed += 1
+        while passed > self._next_tick + 1 and self.start + (passed - 1) * self.period > now:
+            passed -= 1
+        frames = passed - self._next_tick
+        self._next_tick = passed
+        if frames > self.max_burst:
+            self.skipped = frames - self.max_burst
+            self.skipped_total += self.skipped
+            return self.max_burst
+        return frames
+
+    def __repr__(self) -> str:
+        return (
+            f"DeadlineClock(period={self.period}, next={self.next_deadline:.6f}, "
+            f"skipped_total={self.skipped_total})"
+        )
+
+
+_NO_MARKS: tuple[str, ...] = ()
+
+
+class FrameQueue:
+    """Bot audio in chunks of any size, out in frames of exactly `frame_bytes`.
+
+    Marks follow Twilio's semantics: `add_mark(name)` tags the current end of the queued audio,
+    and `pop_frame()` returns the mark once the frame holding the last byte queued before it
+    has been popped (a mark on an empty queue comes out of the very next `pop_frame()`, with or
+    without a frame). `clear()` drops the audio and hands back every pending mark at once, as
+    a barge-in must. Positions are absolute byte counts, so marks never need rewriting.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_marks",
+        "_popped_total",
+        "_read",
+        "_silence",
+        "dropped_bytes",
+        "frame_bytes",
+        "max_bytes",
+    )
+
+    def __init__(self, frame_bytes: int, silence: bytes, max_bytes: int) -> None:
+        if frame_bytes <= 0:
+            raise ValueError(f"frame_bytes must be positive, got {frame_bytes}")
+        if len(silence) != frame_bytes:
+            raise ValueError("silence must be exactly one frame")
+        if max_bytes < frame_bytes:
+            raise ValueError("max_bytes must hold at least one frame")
+        self.frame_bytes = frame_bytes
+        self.max_bytes = max_bytes
+        self.dropped_bytes = 0
+        self._silence = silence
+        # Unread audio is _buf[_read:]; the consumed head is cut off only now and then.
+        self._buf = bytearray()
+        self._read = 0
+        self._popped_total = 0
+        self._marks: deque[tuple[int, str]] = deque()
+
+    @property
+    def queued_bytes(self) -> int:
+        return len(self._buf) - self._read
+
+    @property
+    def queued_frames(self) -> int:
+        return self.queued_bytes // self.frame_bytes
+
+    def push(self, data: bytes) -> int:
+        """Queue `data`; return how many of its bytes did not fit under `max_bytes`."""
+        # flush_tail may overshoot the cap by part of a frame, so room can be negative.
+        room = max(self.max_bytes - self.queued_bytes, 0)
+        if len(data) <= room:
+            self._buf += data
+            return 0
+        # The newest audio goes: what is queued is already promised to the caller's ear.
+        self._buf += memoryview(data)[:room]
+        dropped = len(data) - room
+        self.dropped_bytes += dropped
+        return dropped
+
+    def add_mark(self, name: str) -> None:
+        self._marks.append((self._popped_total + self.queued_bytes, name))
+
+    def pop_frame(self) -> tuple[bytes | None, tuple[str, ...]]:
+        """Next whole frame (None if less than one is queued) and the marks it released."""
+        buf = self._buf
+        start = self._read
+        end = start + self.frame_bytes
+        frame: bytes | None = None
+        if end <= len(buf):
+            frame = bytes(buf[start:end])
+            self._popped_total += self.frame_bytes
+            if end == len(buf):
+                buf.clear()
+                self._read = 0
+            elif end > len(buf) // 2:
+                # Cutting once the dead head outweighs the live tail keeps it amortised O(1).
+                del buf[:end]
+                self._read = 0
+            else:
+                self._read = end
+        if not self._marks:
+            return frame, _NO_MARKS
+        return frame, self._release_marks()
+
+    def flush_tail(self) -> int:
+        """Pad a trailing partial frame with silence so it can go out; return the pad size."""
+        partial = self.queued_bytes % self.frame_bytes
+        if not partial:
+            return 0
+        pad = self.frame_bytes - partial
+        self._buf += self._silence[:pad]
+        return pad
+
+    def clear(self) -> list[str]:
+        """Drop all queued audio; return every pending mark, oldest first."""
+        self._popped_total += self.queued_bytes
+        self._buf.clear()
+        self._read = 0
+        released = [name for _, name in self._marks]
+        self._marks.clear()
+        return released
+
+    def _release_marks(self) -> tuple[str, ...]:
+        marks = self._marks
+        popped = self._popped_total
+        if marks[0][0] > popped:
+            return _NO_MARKS
+        released = []
+        while marks and marks[0][0] <= popped:
+            released.append(marks.popleft()[1])
+        return tuple(released)
+
+    def __repr__(self) -> str:
+        return (
+            f"FrameQueue({self.queued_bytes} bytes queued, {len(self._marks)} marks, "
+            f"dropped={self.dropped_bytes})"
+        )
