@@ -132,7 +132,7 @@ async def serve_call(websocket: WebSocket, stats: EchoBotStats, hangup_after: fl
     await websocket.accept()
     try:
         transport_type, call_data = await parse_telephony_websocket(websocket)
-    except Exception as exc:  # noqa: BLE001 - what a stock bot dies of; recorded for the tests
+    except Exception as exc:  # what a stock bot dies of; recorded for the tests
         stats.rejected.append(f"handshake failed: {exc.__class__.__name__}: {exc}")
         await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
         return
