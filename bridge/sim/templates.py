@@ -1,0 +1,222 @@
+"""Wire templates taken from the recordings: ARI events, REST bodies, RTP headers.
+
+Every ARI event or body the simulator sends is rendered from a recorded one: the recorded object
+gives the keys *and their order* (Asterisk's JSON is not key-sorted: ChannelVarset starts with
+`variable`, ChannelHangupRequest with `cause`), the simulator only supplies new values. Rendering a
+template with the recorded values gives back the recorded `raw` text byte for byte (see the tests).
+
+RTP: the header stream Asterisk 23.4.1 started on a UnicastRTP channel (basic_ulaw, slin16):
+V=2, no padding/extension/CSRC, marker 0 on the first packet, first timestamp = one packet's
+worth of samples (160 / 320), +samples per 20 ms packet, random SSRC and sequence.
+
+Pure: no sockets, no clocks (timestamps are rendered from a wall-clock time passed in).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bridge.sim.recording import FIXTURES_DIR, Recording, load_recording
+
+
+def format_timestamp(epoch: float) -> str:
+    """Asterisk's event/creationtime format: `2026-11-22T02:12:40.075+0000` (UTC, ms)."""
+    moment = datetime.fromtimestamp(epoch, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
+def dumps(obj: Any) -> str:
+    """JSON the way Asterisk (jansson, compact) writes it: no spaces, keys in insertion order."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def reshape(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A new object with the template's keys in the template's order.
+
+    A key missing from `values` keeps the template's value (constants such as `protocol_id`,
+    `language`); a nested object present in both is reshaped recursively; a key the template
+    does not have is a bug in the caller and raises, so no invented key reaches the wire.
+    """
+    extra = set(values) - set(template)
+    if extra:
+        raise KeyError(f"keys not in the recorded shape: {sorted(extra)}")
+    out: dict[str, Any] = {}
+    for key, recorded in template.items():
+        if key not in values:
+            out[key] = copy.deepcopy(recorded)
+        elif isinstance(recorded, Mapping) and isinstance(values[key], Mapping):
+            out[key] = reshape(recorded, values[key])
+        else:
+            out[key] = values[key]
+    return out
+
+
+# Which recorded event serves as the template for each kind the simulator emits:
+# kind -> (scenario, event type, fields the recorded event must have).
+_EVENT_SOURCES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "StasisStart": ("basic_ulaw", "StasisStart", {}),
+    "Dial": ("basic_ulaw", "Dial", {}),
+    "ChannelStateChange": ("basic_ulaw", "ChannelStateChange", {}),
+    "ChannelVarset": ("basic_ulaw", "ChannelVarset", {}),
+    "ChannelEnteredBridge": ("basic_ulaw", "ChannelEnteredBridge", {}),
+    "ChannelLeftBridge": ("basic_ulaw", "ChannelLeftBridge", {}),
+    "ChannelConnectedLine": ("basic_ulaw", "ChannelConnectedLine", {}),
+    # Our DELETE: `{"cause":32,"soft":true,...}`; the far end hanging up: `{"cause":16,...}`.
+    "ChannelHangupRequest": ("basic_ulaw", "ChannelHangupRequest", {"soft": True}),
+    "ChannelHangupRequest/far": ("caller_hangup", "ChannelHangupRequest", {"cause": 16}),
+    "StasisEnd": ("basic_ulaw", "StasisEnd", {}),
+    "ChannelDestroyed": ("basic_ulaw", "ChannelDestroyed", {}),
+    "BridgeDestroyed": ("basic_ulaw", "BridgeDestroyed", {}),
+    "ChannelDtmfReceived": ("dtmf", "ChannelDtmfReceived", {}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Templates:
+    events: Mapping[str, Mapping[str, Any]]
+    channel: Mapping[str, Any]  # channel snapshot as in events and GET /channels
+    em_response: Mapping[str, Any]  # externalMedia 200 body (snapshot + channelvars)
+    bridge: Mapping[str, Any]
+    application: Mapping[str, Any]
+    ping: Mapping[str, Any]
+    info: Mapping[str, Any]
+
+    @classmethod
+    def from_recordings(cls, fixtures_dir: Path = FIXTURES_DIR) -> Templates:
+        cache: dict[str, Recording] = {}
+
+        def rec(name: str) -> Recording:
+            if name not in cache:
+                cache[name] = load_recording(name, fixtures_dir)
+            return cache[name]
+
+        events = {}
+        for kind, (scenario, event_type, fields) in _EVENT_SOURCES.items():
+            events[kind] = rec(scenario).first_event(event_type, **fields).data
+        basic, meta = rec("basic_ulaw"), rec("meta")
+
+        def body(recording: Recording, method: str, path: str) -> Any:
+            for ex in recording.rest:
+                if ex.method == method and ex.path == path and ex.status < 300:
+                    return ex.body
+            raise LookupError(f"{recording.name}: no {method} {path}")
+
+        em_response = body(basic, "POST", "/ari/channels/externalMedia")
+        return cls(
+            events=events,
+            channel=events["StasisStart"]["channel"],
+            em_response=em_response,
+            bridge=body(basic, "POST", "/ari/bridges"),
+            application=body(meta, "GET", "/ari/applications/pipecat"),
+            ping=body(meta, "GET", "/ari/asterisk/ping"),
+            info=body(meta, "GET", "/ari/asterisk/info"),
+        )
+
+    def event(self, kind: str, **values: Any) -> str:
+        """Render one event to the exact text frame Asterisk would send."""
+        return dumps(reshape(self.events[kind], values))
+
+    def channel_snapshot(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return reshape(self.channel, values)
+
+    def em_channel_body(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return reshape(self.em_response, values)
+
+    def bridge_snapshot(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return reshape(self.bridge, values)
+
+
+# -- RTP ----------------------------------------------------------------------------------
+
+RTP_HEADER = struct.Struct("!BBHII")
+RTP_VERSION_BYTE = 0x80  # V=2, P=0, X=0, CC=0 in every packet recorded from Asterisk
+
+
+@dataclass(frozen=True, slots=True)
+class RtpShape:
+    """One format's packet stream as Asterisk sends it on a UnicastRTP channel (facts §9)."""
+
+    payload_type: int
+    samples_per_packet: int  # timestamp step per 20 ms packet; also the first timestamp
+    payload_bytes: int
+
+
+ULAW = RtpShape(payload_type=0, samples_per_packet=160, payload_bytes=160)
+ALAW = RtpShape(payload_type=8, samples_per_packet=160, payload_bytes=160)
+SLIN16 = RtpShape(payload_type=118, samples_per_packet=320, payload_bytes=640)
+RTP_SHAPES = {"ulaw": ULAW, "alaw": ALAW, "slin16": SLIN16}
+
+
+def rtp_header(*, marker: bool, payload_type: int, seq: int, timestamp: int, ssrc: int) -> bytes:
+    second = (0x80 if marker else 0) | payload_type
+    return RTP_HEADER.pack(
+        RTP_VERSION_BYTE, second, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc & 0xFFFFFFFF
+    )
+
+
+def rtp_stream(shape: RtpShape, payload: bytes, *, ssrc: int, first_seq: int) -> list[bytes]:
+    """Packetise audio the way Asterisk does: marker 0, ts from one packet's samples, +step.
+
+    The last packet keeps whatever is left (Asterisk sent a 22-byte tail at the end of a sound
+    file, facts §9), so nothing is padded.
+    """
+    size = shape.payload_bytes
+    packets = []
+    for index, start in enumerate(range(0, len(payload), size)):
+        header = rtp_header(
+            marker=False,
+            payload_type=shape.payload_type,
+            seq=first_seq + index,
+            timestamp=shape.samples_per_packet * (index + 1),
+            ssrc=ssrc,
+        )
+        packets.append(header + payload[start : start + size])
+    return packets
+
+
+# Asterisk sets the marker on an outgoing frame whose timestamp is off the predicted one by more
+# than this (res_rtp_asterisk MAX_TIMESTAMP_SKEW): a new talkspurt after a gap (facts §11).
+MAX_TIMESTAMP_SKEW = 640
+
+
+@dataclass(slots=True)
+class EchoStream:
+    """What a far end Echo() sends back through a simple_bridge (echo_roundtrip).
+
+    The payload comes back bit-exact with Asterisk's own SSRC and sequence numbers but our
+    timestamp rounded down to a whole millisecond (frames carry timing through the bridge:
+    3790546583 -> 3790546576 at 8 kHz). First packet marker 0; later a jump of the timestamp
+    beyond MAX_TIMESTAMP_SKEW sets the marker (facts §11, not in the recording itself).
+    """
+
+    ssrc: int
+    seq: int
+    samples_per_ms: int = 8
+    last_timestamp: int | None = None
+    last_samples: int = 160
+
+    def echo(self, packet: bytes) -> bytes | None:
+        if len(packet) < RTP_HEADER.size or packet[0] >> 6 != 2:
+            return None
+        _, second, _, timestamp, _ = RTP_HEADER.unpack_from(packet)
+        payload = packet[RTP_HEADER.size + 4 * (packet[0] & 0x0F) :]
+        if packet[0] & 0x10:  # header extension: skip it (Asterisk strips it)
+            return None
+        stamped = timestamp - timestamp % self.samples_per_ms
+        marker = False
+        if self.last_timestamp is not None:
+            predicted = (self.last_timestamp + self.last_samples) & 0xFFFFFFFF
+            marker = abs(stamped - predicted) > MAX_TIMESTAMP_SKEW
+        self.last_timestamp, self.last_samples = stamped, len(payload) or self.last_samples
+        out = rtp_header(
+            marker=marker, payload_type=second & 0x7F, seq=self.seq, timestamp=stamped, ssrc=self.ssrc
+        )
+        self.seq = (self.seq + 1) & 0xFFFF
+        return out + payload
