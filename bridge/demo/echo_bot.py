@@ -222,8 +222,12 @@ def quiet_pipecat_logs(level: str = "WARNING") -> None:
         logger.remove(0)
     except ValueError:
         return
-    # Resolve sys.stderr at write time: test runners swap it.
-    logger.add(lambda message: sys.stderr.write(message), level=level)
+    logger.add(_write_stderr, level=level)
+
+
+def _write_stderr(message: str) -> None:
+    """A loguru sink that looks sys.stderr up at write time: test runners swap it."""
+    sys.stderr.write(message)
 
 
 class _Server(uvicorn.Server):

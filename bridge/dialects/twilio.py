@@ -135,7 +135,7 @@ class TwilioDialect:
         }
         return [connected, self._event("start", {"start": start})]
 
-    def encode_audio(self, payload: bytes) -> BotMessage:
+    def encode_audio(self, payload: bytes) -> str:
         self._sequence += 1
         self._chunks += 1
         timestamp = self._bytes_sent // BYTES_PER_MS
@@ -143,12 +143,12 @@ class TwilioDialect:
         b64 = base64.b64encode(payload).decode("ascii")
         return self._media_template % (self._sequence, self._chunks, timestamp, b64)
 
-    def encode_dtmf(self, digit: str) -> BotMessage | None:
+    def encode_dtmf(self, digit: str) -> str | None:
         if digit not in DTMF_DIGITS:
             return None
         return self._event("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
 
-    def encode_mark(self, name: str) -> BotMessage | None:
+    def encode_mark(self, name: str) -> str:
         return self._event("mark", {"mark": {"name": name}})
 
     def closing_messages(self) -> list[BotMessage]:

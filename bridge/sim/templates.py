@@ -203,20 +203,56 @@ class EchoStream:
     last_samples: int = 160
 
     def echo(self, packet: bytes) -> bytes | None:
-        if len(packet) < RTP_HEADER.size or packet[0] >> 6 != 2:
-            return None
+        """The packet Asterisk sends back for one we sent, or None for one it would not echo."""
+        if len(packet) < RTP_HEADER.size or packet[0] >> 6 != 2 or packet[0] & 0x30:
+            return None  # not RTP, or padding/extension: not something our bridge sends
         _, second, _, timestamp, _ = RTP_HEADER.unpack_from(packet)
         payload = packet[RTP_HEADER.size + 4 * (packet[0] & 0x0F) :]
-        if packet[0] & 0x10:  # header extension: skip it (Asterisk strips it)
-            return None
         stamped = timestamp - timestamp % self.samples_per_ms
         marker = False
         if self.last_timestamp is not None:
             predicted = (self.last_timestamp + self.last_samples) & 0xFFFFFFFF
             marker = abs(stamped - predicted) > MAX_TIMESTAMP_SKEW
         self.last_timestamp, self.last_samples = stamped, len(payload) or self.last_samples
-        out = rtp_header(
+        header = rtp_header(
             marker=marker, payload_type=second & 0x7F, seq=self.seq, timestamp=stamped, ssrc=self.ssrc
         )
         self.seq = (self.seq + 1) & 0xFFFF
-        return out + payload
+        return header + payload
+
+
+# res_rtp_asterisk defaults in the lab (rtp.conf: strictrtp=yes, probation=4) and its learning
+# window, which starts when the remote address is set (at externalMedia time).
+STRICT_RTP_PROBATION = 4
+STRICT_RTP_LEARN_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class StrictRtp:
+    """Which source addresses Asterisk accepts RTP from (facts §7, rtp_symmetric_probe).
+
+    Packets from `external_host` are accepted at once and lock the stream onto it (echo_roundtrip:
+    our very first packet came back). Another source is on probation: its first 4 packets are
+    dropped, the 5th is accepted and the stream is locked onto that source (the recording's
+    seq 62704-62707 were never `Got`, 62708 was echoed). Once locked, every other source is
+    dropped, including `external_host`. After the learning window nothing new is learnt.
+    Asterisk also wants consecutive sequence numbers during probation; not modelled.
+    """
+
+    remote: tuple[str, int]
+    learn_until: float
+    locked: tuple[str, int] | None = None
+    candidate: tuple[str, int] | None = None
+    candidate_packets: int = 0
+
+    def accept(self, source: tuple[str, int], now: float) -> bool:
+        if self.locked is None and (source == self.remote or now > self.learn_until):
+            self.locked = self.remote
+        if self.locked is not None:
+            return source == self.locked
+        if source != self.candidate:
+            self.candidate, self.candidate_packets = source, 0
+        self.candidate_packets += 1
+        if self.candidate_packets >= STRICT_RTP_PROBATION:
+            self.locked = source
+        return False

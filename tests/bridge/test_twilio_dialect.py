@@ -48,10 +48,14 @@ def compact(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+# One cycle of a 1 kHz tone at 8 kHz, amplitude 8000, µ-law (checked below with Pipecat's encoder).
+TONE_CYCLE_PCM = [0, 5657, 8000, 5657, 0, -5657, -8000, -5657]
+TONE_CYCLE_ULAW = bytes.fromhex("ffa9a0a9ff292029")
+
+
 def tone_ulaw(n_samples: int) -> bytes:
-    """A 1 kHz tone at 8 kHz, µ-law: an 8-sample cycle that is not silence."""
-    cycle = bytes([0xFF, 0x9E, 0x8F, 0x9E, 0x7F ^ 0x80, 0x1E, 0x0F, 0x1E])
-    return (cycle * (n_samples // 8 + 1))[:n_samples]
+    """n samples of the 1 kHz tone, µ-law: audio, not silence."""
+    return (TONE_CYCLE_ULAW * (n_samples // 8 + 1))[:n_samples]
 
 
 def started(info: CallInfo = INFO) -> tuple[TwilioDialect, list[dict[str, Any]]]:
@@ -219,7 +223,7 @@ def test_dtmf_that_twilio_cannot_carry_is_none_and_takes_no_number(digit: str) -
 def test_mark_and_stop_messages() -> None:
     dialect, _ = started()
     dialect.encode_audio(tone_ulaw(160))
-    assert json.loads(cast(str, dialect.encode_mark("greeting-end"))) == {
+    assert json.loads(dialect.encode_mark("greeting-end")) == {
         "event": "mark",
         "sequenceNumber": "3",
         "streamSid": dialect.stream_sid,
@@ -243,7 +247,9 @@ def test_sequence_numbers_count_every_numbered_message() -> None:
         dialect.encode_mark("m"),
         *dialect.closing_messages(),
     ]
-    numbers = [opening[1]["sequenceNumber"]] + [json.loads(cast(str, m))["sequenceNumber"] for m in messages]
+    numbers = [opening[1]["sequenceNumber"]] + [
+        json.loads(cast(str, m))["sequenceNumber"] for m in messages
+    ]
     assert numbers == ["1", "2", "3", "4", "5", "6"]
     assert "sequenceNumber" not in opening[0]
 
@@ -255,11 +261,17 @@ def test_decode_media_clear_mark() -> None:
     dialect, _ = started()
     payload = tone_ulaw(320)
     media = compact(
-        {"event": "media", "streamSid": dialect.stream_sid, "media": {"payload": base64.b64encode(payload).decode()}}
+        {
+            "event": "media",
+            "streamSid": dialect.stream_sid,
+            "media": {"payload": base64.b64encode(payload).decode()},
+        }
     )
     assert dialect.decode(media) == BotAudio(payload)
     assert dialect.decode('{"event":"clear","streamSid":"MZ00"}') == BotClear()
-    assert dialect.decode('{"event":"mark","streamSid":"MZ00","mark":{"name":"m1"}}') == BotMark("m1")
+    assert dialect.decode('{"event":"mark","streamSid":"MZ00","mark":{"name":"m1"}}') == BotMark(
+        "m1"
+    )
     assert repr(BotAudio(payload)) == "BotAudio(320 bytes)"
 
 
@@ -301,7 +313,9 @@ def test_decode_errors(message: str | bytes, text: str) -> None:
 def test_decode_size_cap() -> None:
     payload = base64.b64encode(bytes(MAX_BOT_MESSAGE)).decode()
     message = compact({"event": "media", "media": {"payload": payload}})
-    assert_decode_error(message, f"^message of {len(message)} characters exceeds {MAX_BOT_MESSAGE}$")
+    assert_decode_error(
+        message, f"^message of {len(message)} characters exceeds {MAX_BOT_MESSAGE}$"
+    )
     fits = base64.b64encode(bytes(700_000)).decode()
     decoded = TwilioDialect(INFO).decode(compact({"event": "media", "media": {"payload": fits}}))
     assert decoded == BotAudio(bytes(700_000))
@@ -310,10 +324,14 @@ def test_decode_size_cap() -> None:
 EVENT_TYPES = (BotAudio, BotClear, BotMark, BotIgnored)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
-EVENT_NAMES = st.sampled_from(["media", "clear", "mark", "connected", "start", "stop", "dtmf"]) | st.text()
+EVENT_NAMES = (
+    st.sampled_from(["media", "clear", "mark", "connected", "start", "stop", "dtmf"]) | st.text()
+)
 
 
 def assert_event_or_protocol_error(message: str | bytes) -> None:
@@ -336,8 +354,12 @@ def test_decode_arbitrary_binary(message: bytes) -> None:
 
 @given(
     event=EVENT_NAMES | JSON_VALUES,
-    body=st.dictionaries(st.sampled_from(["media", "mark", "streamSid", "x"]), JSON_VALUES, max_size=3),
-    payload=st.text(max_size=12) | st.binary(max_size=9).map(lambda b: base64.b64encode(b).decode()) | JSON_VALUES,
+    body=st.dictionaries(
+        st.sampled_from(["media", "mark", "streamSid", "x"]), JSON_VALUES, max_size=3
+    ),
+    payload=st.text(max_size=12)
+    | st.binary(max_size=9).map(lambda b: base64.b64encode(b).decode())
+    | JSON_VALUES,
 )
 def test_decode_arbitrary_json_objects(event: Any, body: dict[str, Any], payload: Any) -> None:
     message = {"event": event, **body}
@@ -374,6 +396,11 @@ async def ulaw_to_pcm16(ulaw: bytes) -> bytes:
     return await ulaw_to_pcm(ulaw, 8000, 8000, create_stream_resampler())
 
 
+async def test_tone_cycle_is_the_mulaw_of_a_1khz_sine() -> None:
+    pcm = b"".join(v.to_bytes(2, "little", signed=True) for v in TONE_CYCLE_PCM)
+    assert await pcm_to_ulaw(pcm, 8000, 8000, create_stream_resampler()) == TONE_CYCLE_ULAW
+
+
 async def test_pipecat_reads_our_media(serializer: TwilioFrameSerializer) -> None:
     dialect, _ = started()
     for payload in (tone_ulaw(160), bytes(range(256)), tone_ulaw(320)):
@@ -404,7 +431,9 @@ async def test_pipecat_drops_dtmf_a_to_d(serializer: TwilioFrameSerializer, digi
         TwilioDialect(INFO).closing_messages()[0],
     ],
 )
-async def test_pipecat_ignores_our_control_messages(serializer: TwilioFrameSerializer, message: str) -> None:
+async def test_pipecat_ignores_our_control_messages(
+    serializer: TwilioFrameSerializer, message: str
+) -> None:
     assert await serializer.deserialize(message) is None
 
 
@@ -412,7 +441,9 @@ async def test_our_decode_reads_pipecat_audio_bit_exact(serializer: TwilioFrameS
     # Every µ-law code but 0x7F ("-0", which re-encodes as 0xFF "+0") survives PCM16 and back.
     ulaw = bytes(b for b in range(256) if b != 0x7F) + tone_ulaw(400)
     pcm = await ulaw_to_pcm16(ulaw)
-    message = await serializer.serialize(OutputAudioRawFrame(audio=pcm, sample_rate=8000, num_channels=1))
+    message = await serializer.serialize(
+        OutputAudioRawFrame(audio=pcm, sample_rate=8000, num_channels=1)
+    )
     assert isinstance(message, str)
     assert json.loads(message)["streamSid"] == TwilioDialect(INFO).stream_sid
     assert TwilioDialect(INFO).decode(message) == BotAudio(ulaw)
@@ -427,7 +458,9 @@ async def test_our_decode_reads_pipecat_clear(serializer: TwilioFrameSerializer)
     assert TwilioDialect(INFO).decode(message) == BotClear()
 
 
-async def test_pipecat_sends_nothing_on_end_without_auto_hang_up(serializer: TwilioFrameSerializer) -> None:
+async def test_pipecat_sends_nothing_on_end_without_auto_hang_up(
+    serializer: TwilioFrameSerializer,
+) -> None:
     assert await serializer.serialize(EndFrame()) is None
 
 
@@ -444,7 +477,7 @@ class FakeTelephonyWebSocket:
 
 async def test_pipecat_runner_detects_our_opening_as_twilio() -> None:
     dialect = TwilioDialect(INFO)
-    connected, start = dialect.opening_messages(INFO)
+    connected, start = (cast(str, m) for m in dialect.opening_messages(INFO))
     assert _detect_transport_type_from_message(json.loads(connected)) == "unknown"
     assert _detect_transport_type_from_message(json.loads(start)) == "twilio"
     ws = FakeTelephonyWebSocket([connected, start, dialect.encode_audio(tone_ulaw(160))])
