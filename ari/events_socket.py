@@ -80,7 +80,7 @@ class AriEventsSocket:
 
     async def _connect(self) -> ClientConnection:
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.5, max=self._max_backoff, jitter=0.5),
+            wait=wait_exponential_jitter(multiplier=0.5, max=self._max_backoff, jitter=0.5),
             retry=retry_if_exception_type((OSError, TimeoutError, websockets.WebSocketException)),
             before_sleep=self._log_retry,
         )

@@ -8,6 +8,7 @@ retrying a POST that may have been applied would create a second resource.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,7 +59,8 @@ class AriRestClient:
         retries: int = 3,
     ) -> None:
         self.root = normalize_base_url(base_url)
-        self._auth = aiohttp.BasicAuth(user, password)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retries = retries
         self._session: aiohttp.ClientSession | None = None
@@ -76,7 +78,7 @@ class AriRestClient:
             # setup burst, so setups do not queue behind each other.
             connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
             self._session = aiohttp.ClientSession(
-                auth=self._auth, timeout=self._timeout, connector=connector
+                headers=self._headers, timeout=self._timeout, connector=connector
             )
 
     async def close(self) -> None:

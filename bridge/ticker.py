@@ -63,4 +63,5 @@ class Ticker:
                     member.on_tick(frames, skipped)
                 except Exception as exc:
                     member.on_tick_error(exc)
-        self._handle = loop.call_at(clock.next_deadline, self._fire)
+        if self._clock is clock:  # else the last call left during this tick: stay idle
+            self._handle = loop.call_at(clock.next_deadline, self._fire)

@@ -53,8 +53,8 @@ class SequenceTracker:
         self.ssrc: int | None = None
         self.highest = 0
         self._window = 0
-        # How many numbers up to `highest` the window has seen go by since the last restart:
-        # a hole older than that was never counted as lost.
+        # How many numbers up to `highest` have gone by since the last restart: a hole older
+        # than that was never counted as lost.
         self._span = 0
         self._bad_sequence: int | None = None
         self.received = 0  # packets kept
@@ -77,7 +77,7 @@ class SequenceTracker:
         if 0 < distance <= MAX_DROPOUT:
             self.lost += distance - 1
             self._window = ((self._window << distance) | 1) & _WINDOW_MASK
-            self._span = min(self._span + distance, MAX_MISORDER + 1)
+            self._span += distance
             self.highest = sequence_number
             self._bad_sequence = None
             self.received += 1

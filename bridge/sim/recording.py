@@ -166,9 +166,8 @@ class Recording:
 
     def caller_stasis_starts(self) -> list[RecordedEvent]:
         """StasisStart of every caller (not of the externalMedia channels), in arrival order."""
-        return [
-            e for e in self.events_of("StasisStart") if not e.channel_name.startswith(MEDIA_PREFIXES)
-        ]
+        starts = self.events_of("StasisStart")
+        return [e for e in starts if not e.channel_name.startswith(MEDIA_PREFIXES)]
 
     def caller_stasis_start(self, index: int = 0) -> RecordedEvent:
         starts = self.caller_stasis_starts()
@@ -231,7 +230,8 @@ class Recording:
         caller_id = str(start_event.channel_id)
         start = self.bridged_at(caller_id)
         echo = self.is_echo(caller_id)
-        inbound = () if echo else tuple((p.t_rel - start, p.data) for p in self.inbound_rtp(caller_id))
+        packets = [] if echo else self.inbound_rtp(caller_id)
+        inbound = tuple((p.t_rel - start, p.data) for p in packets)
         return CallerScript(
             caller_id=caller_id,
             stasis_start=start_event,
@@ -256,7 +256,8 @@ def load_recording(name_or_path: str | Path, fixtures_dir: Path = FIXTURES_DIR) 
     for row in _read_jsonl(path / "session.jsonl"):
         kind = row["kind"]
         if kind == "event":
-            events.append(RecordedEvent(row["seq"], row["t_rel"], row["raw"], json.loads(row["raw"])))
+            raw = row["raw"]
+            events.append(RecordedEvent(row["seq"], row["t_rel"], raw, json.loads(raw)))
         elif kind == "rest_request":
             requests[row["id"]] = row
         elif kind == "rest_response":

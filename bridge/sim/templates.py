@@ -5,9 +5,14 @@ gives the keys *and their order* (Asterisk's JSON is not key-sorted: ChannelVars
 `variable`, ChannelHangupRequest with `cause`), the simulator only supplies new values. Rendering a
 template with the recorded values gives back the recorded `raw` text byte for byte (see the tests).
 
+REST answers: the recorded status / reason phrase / body of every error (errors scenario) and
+the externalMedia checks that produce them.
+
 RTP: the header stream Asterisk 23.4.1 started on a UnicastRTP channel (basic_ulaw, slin16):
 V=2, no padding/extension/CSRC, marker 0 on the first packet, first timestamp = one packet's
-worth of samples (160 / 320), +samples per 20 ms packet, random SSRC and sequence.
+worth of samples (160 / 320), +samples per 20 ms packet, random SSRC and sequence; what an Echo()
+far end sends back (echo_roundtrip); which sources strict RTP accepts (rtp_symmetric_probe); and
+the far end's timeline after the bridged moment.
 
 Pure: no sockets, no clocks (timestamps are rendered from a wall-clock time passed in).
 """
@@ -16,14 +21,16 @@ from __future__ import annotations
 
 import copy
 import json
+import random
+import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bridge.sim.recording import FIXTURES_DIR, Recording, load_recording
+from bridge.sim.recording import FIXTURES_DIR, CallerScript, Recording, load_recording
 
 
 def format_timestamp(epoch: float) -> str:
@@ -133,6 +140,72 @@ class Templates:
         return reshape(self.bridge, values)
 
 
+# -- REST answers -------------------------------------------------------------------------
+
+INTERNAL_ERROR = "An internal error prevented this request from being handled"
+# Formats Asterisk 23 knows (`core show codecs`, audio); anything else: 500 (errors: notacodec).
+KNOWN_FORMATS = frozenset({
+    "ulaw", "alaw", "gsm", "g722", "g726", "g726aal2", "g729", "ilbc", "lpc10", "speex",
+    "speex16", "speex32", "opus", "adpcm", "g719", "siren7", "siren14", "testlaw", "slin",
+    "slin12", "slin16", "slin24", "slin32", "slin44", "slin48", "slin96", "slin192",
+})  # fmt: skip
+BRIDGE_TYPES = frozenset(
+    {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single"}
+)
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: Any = None  # JSON-able, or str sent as is; None: no body
+    reason: str | None = None  # HTTP reason phrase when Asterisk's differs from the standard one
+    after: Callable[[], None] | None = None  # runs once the response is on the wire
+
+
+def error_reply(status: int, message: str, reason: str | None = None) -> Reply:
+    return Reply(status, {"message": message}, reason)
+
+
+def validate_external_media(q: Mapping[str, str]) -> Reply | None:
+    """The externalMedia checks with the recorded answers (errors); None: acceptable.
+
+    The order of the checks is an assumption where a request breaks several rules at once.
+    """
+    transport, encapsulation = q.get("transport") or "udp", q.get("encapsulation") or "rtp"
+    host = q.get("external_host", "")
+    checks: list[tuple[bool, int, str]] = [
+        (not q.get("app"), 400, "app cannot be empty"),
+        (not host, 400, "external_host is required for all but websocket server connections"),
+        (
+            not re.fullmatch(r"[^:]+:\d{1,5}", host),
+            400,
+            "external_host must be <host>:<port> for all transports other than websocket",
+        ),
+        (not q.get("format"), 400, "format cannot be empty"),
+        (
+            q.get("connection_type") == "server" and transport != "websocket",
+            400,
+            "'server' connection_type can only be used with the websocket transport",
+        ),
+        (
+            encapsulation == "rtp" and transport != "udp",
+            400,
+            "transport must be 'udp' for rtp encapsulation",
+        ),
+        # The double speaks UnicastRTP only: AudioSocket / chan_websocket answer 501 here.
+        (
+            (encapsulation, transport) != ("rtp", "udp"),
+            501,
+            "The encapsulation and/or transport is not supported",
+        ),
+        (q.get("format") not in KNOWN_FORMATS, 500, INTERNAL_ERROR),
+    ]
+    for failed, status, message in checks:
+        if failed:
+            return error_reply(status, message)
+    return None
+
+
 # -- RTP ----------------------------------------------------------------------------------
 
 RTP_HEADER = struct.Struct("!BBHII")
@@ -215,7 +288,11 @@ class EchoStream:
             marker = abs(stamped - predicted) > MAX_TIMESTAMP_SKEW
         self.last_timestamp, self.last_samples = stamped, len(payload) or self.last_samples
         header = rtp_header(
-            marker=marker, payload_type=second & 0x7F, seq=self.seq, timestamp=stamped, ssrc=self.ssrc
+            marker=marker,
+            payload_type=second & 0x7F,
+            seq=self.seq,
+            timestamp=stamped,
+            ssrc=self.ssrc,
         )
         self.seq = (self.seq + 1) & 0xFFFF
         return header + payload
@@ -256,3 +333,41 @@ class StrictRtp:
         if self.candidate_packets >= STRICT_RTP_PROBATION:
             self.locked = source
         return False
+
+
+# -- the far end's timeline ---------------------------------------------------------------
+
+# (offset after the bridged moment, kind, payload): kind "rtp" (a packet), "dtmf" (TimedDtmf),
+# "hangup" (None).
+TimelineItem = tuple[float, str, Any]
+
+
+def build_timeline(
+    script: CallerScript,
+    rng: random.Random,
+    audio: bytes | None = None,
+    audio_start: float | None = None,
+    hangup_after: float | None = None,
+    echo: bool = False,
+) -> list[TimelineItem]:
+    """What the far end does after the bridged moment, in time order.
+
+    Inbound RTP is the recorded packets (exact bytes and offsets) or, with `audio` (µ-law),
+    the same header stream as Asterisk's carrying that audio, every 20 ms from `audio_start`
+    (default: when the recording's first inbound packet came, else 20 ms). An echoing far end
+    sends nothing of its own. The hang-up is `hangup_after`, else the recorded caller hang-up.
+    """
+    items: list[TimelineItem] = []
+    if audio is not None:
+        first = script.inbound_rtp[0][0] if script.inbound_rtp else 0.02
+        start = first if audio_start is None else audio_start
+        packets = rtp_stream(ULAW, audio, ssrc=rng.getrandbits(32), first_seq=rng.getrandbits(16))
+        items += [(start + 0.020 * index, "rtp", packet) for index, packet in enumerate(packets)]
+    elif not echo:
+        items += [(offset, "rtp", packet) for offset, packet in script.inbound_rtp]
+    items += [(dtmf.offset, "dtmf", dtmf) for dtmf in script.dtmf]
+    hangup = script.hangup_offset if hangup_after is None else hangup_after
+    if hangup is not None:
+        items.append((hangup, "hangup", None))
+    items.sort(key=lambda item: item[0])  # stable: equal offsets keep their order
+    return items

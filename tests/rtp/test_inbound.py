@@ -119,6 +119,14 @@ def test_stray_old_packets_do_not_restart() -> None:
     assert_stats(tracker, restarts=0, too_old=2)
 
 
+def test_window_stays_small_over_a_long_call() -> None:
+    # An unbounded window would make every shift cost O(call length).
+    tracker = SequenceTracker()
+    assert all(feed(tracker, *(i & 0xFFFF for i in range(0, 200_000, 2))))
+    assert tracker._window.bit_length() <= MAX_MISORDER + 1
+    assert_stats(tracker, lost=99_999)
+
+
 def test_stats_snapshot_and_repr() -> None:
     tracker = SequenceTracker()
     assert repr(tracker).startswith("SequenceTracker(ssrc=none, highest=0,")
@@ -133,10 +141,13 @@ def test_stats_snapshot_and_repr() -> None:
 def jittery_deliveries(draw: st.DrawFn) -> tuple[int, list[int]]:
     """Offsets from a start number: some dropped, some doubled, each at most 49 places late."""
     count = draw(st.integers(1, 400))
-    keyed = [(0.0, 0)]
-    for offset in range(1, count):
-        copies = draw(st.sampled_from([0, 1, 1, 1, 2]))
-        keyed += [(offset + draw(st.floats(0, 49)), offset) for _ in range(copies)]
+    copies = draw(st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=count, max_size=count))
+    delays = draw(st.lists(st.integers(0, 49), min_size=2 * count, max_size=2 * count))
+    keyed = [(0, 0)] + [
+        (offset + delays[2 * offset + copy], offset)
+        for offset in range(1, count)
+        for copy in range(copies[offset])
+    ]
     keyed.sort()
     return draw(st.integers(0, 0xFFFF)), [offset for _, offset in keyed]
 

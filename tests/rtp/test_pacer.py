@@ -92,6 +92,19 @@ def test_any_interleaving_of_pushes_and_pops_loses_nothing(
     assert queue.queued_bytes == len(stream) % FRAME
 
 
+def test_consumed_audio_is_let_go_while_the_queue_never_drains() -> None:
+    # The queue stays one byte short of empty for 200 s of audio; the popped head must not
+    # pile up in the buffer meanwhile.
+    queue = make_queue()
+    queue.push(b"\x01")
+    for _ in range(10_000):
+        queue.push(audio(FRAME))
+        frame, _ = queue.pop_frame()
+        assert frame is not None
+    assert queue.queued_bytes == 1
+    assert len(queue._buf) < 4 * FRAME
+
+
 def test_queued_counts() -> None:
     queue = make_queue()
     assert (queue.queued_bytes, queue.queued_frames) == (0, 0)

@@ -1,0 +1,64 @@
+"""A real bridge between the simulated Asterisk and a real Pipecat echo bot, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from bridge.config import Settings
+from bridge.controller import Controller
+from bridge.demo.echo_bot import EchoBot, run_echo_bot
+from bridge.sim.asterisk import SimulatedAsterisk
+
+
+@dataclass
+class Rig:
+    sim: SimulatedAsterisk
+    bot: EchoBot
+    controller: Controller
+    task: asyncio.Task[None]
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.controller.all_idle.wait(), timeout)
+
+
+def settings_for(sim: SimulatedAsterisk, echo_bot_url: str, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "ari_url": sim.base_url,
+        "ari_user": sim.user,
+        "ari_password": sim.password,
+        "app": sim.app,
+        "bot_url": echo_bot_url,
+        "rtp_host": "127.0.0.1",
+        "rtp_ports": (31000, 31199),
+        "log_level": "warning",
+    }
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_rig(
+    hangup_after: float | None = None, **overrides: object
+) -> AsyncIterator[Rig]:
+    async with SimulatedAsterisk(seed=7) as sim, run_echo_bot(hangup_after=hangup_after) as bot:
+        controller = Controller(settings_for(sim, bot.url, **overrides))
+        task = asyncio.get_running_loop().create_task(controller.run())
+        try:
+            await asyncio.wait_for(controller.events.connected.wait(), 5)
+            await asyncio.wait_for(sim.wait_app_active(), 5)
+            yield Rig(sim, bot, controller, task)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with running_rig() as r:
+        yield r
