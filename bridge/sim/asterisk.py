@@ -71,6 +71,7 @@ class SimRequest:
     path: str
     query: dict[str, str]
     status: int | None = None  # None while the request is still being handled
+    t: float = 0.0  # loop.time() when it arrived
 
 
 Packet = tuple[float, bytes, tuple[str, int]]  # (loop.time() monotonic, datagram, address)
@@ -286,6 +287,7 @@ class SimulatedAsterisk:
         self._scripts: dict[str, CallerScript] = {}
         self.requests: list[SimRequest] = []
         self.events_sent: list[str] = []
+        self.event_times: list[float] = []  # loop.time() of each entry of events_sent
         self.channels: dict[str, SimChannel] = {}
         self.bridges: dict[str, SimBridge] = {}
         self.calls: list[SimCall] = []
@@ -510,6 +512,7 @@ class SimulatedAsterisk:
             application=self.app, **values,
         )  # fmt: skip
         self.events_sent.append(raw)
+        self.event_times.append(self._running_loop().time())
         for sock in targets:
             sock.queue.put_nowait(raw)
 
@@ -629,7 +632,7 @@ class SimulatedAsterisk:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         query = {key: request.query.get(key, "") for key in request.query}
-        entry = SimRequest(request.method, request.path, query)
+        entry = SimRequest(request.method, request.path, query, t=self._running_loop().time())
         self.requests.append(entry)
         if not self._authorised(request, query):
             reply = error_reply(401, "Authentication required")

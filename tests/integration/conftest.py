@@ -22,8 +22,8 @@ class Rig:
     controller: Controller
     task: asyncio.Task[None]
 
-    async def wait_idle(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self.controller.all_idle.wait(), timeout)
+    async def wait_idle(self, within: float = 10.0) -> None:
+        await asyncio.wait_for(self.controller.all_idle.wait(), within)
 
 
 def settings_for(sim: SimulatedAsterisk, echo_bot_url: str, **overrides: object) -> Settings:
