@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import sys
@@ -129,7 +130,8 @@ async def _demo(args: argparse.Namespace) -> int:
 def _say_setup(bot: EchoBot, sim: SimulatedAsterisk, audio: bytes | None,
                args: argparse.Namespace) -> None:
     print(f"  bot        real Pipecat pipeline (TwilioFrameSerializer -> echo)  {bot.url}")
-    print(f"             it ends the call after {args.bot_hangs_up_after:g} s, as a bot saying goodbye")
+    print(f"             it ends the call after {args.bot_hangs_up_after:g} s, "
+          "as a bot saying goodbye")
     print(f"  asterisk   simulated 23.4.1 from the '{SCENARIO}' recording     {sim.base_url}")
     source = f"{args.audio} ({len(audio) / 8000:.1f} s)" if audio else (
         "the demo-congrats prompt exactly as Asterisk sent it over RTP in the recording"
@@ -147,7 +149,7 @@ def _report(sim: SimulatedAsterisk, call: SimCall, controller: Controller, bot_c
     sent = _payloads(call.rtp_sent)
     received = _payloads(call.rtp_received)
     headers = [RtpPacket.parse(d) for _t, d, _a in call.rtp_received]
-    gaps = [1000 * (b[0] - a[0]) for a, b in zip(received, received[1:], strict=False)]
+    gaps = [1000 * (b[0] - a[0]) for a, b in itertools.pairwise(received)]
     trips = [1000 * t for t in _round_trips(call)]
     print("\nMedia")
     print(f"  caller -> bridge   {len(sent)} RTP packets (PT 0, 160 bytes, every 20 ms)")
@@ -159,7 +161,7 @@ def _report(sim: SimulatedAsterisk, call: SimCall, controller: Controller, bot_c
     continuous = all(
         (b.sequence_number - a.sequence_number) & 0xFFFF == 1
         and (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160
-        for a, b in zip(headers, headers[1:], strict=False)
+        for a, b in itertools.pairwise(headers)
     )
     print(f"  bridge -> caller   {len(received)} RTP packets, {len(ssrcs)} SSRC, sequence and "
           f"timestamps {'continuous' if continuous else 'NOT continuous'}, "
@@ -185,7 +187,8 @@ def _report(sim: SimulatedAsterisk, call: SimCall, controller: Controller, bot_c
         else "the caller hung up"
     )
     print(f"\nCall ended by: {call.hung_up_by} ({how}), {elapsed:.1f} s after StasisStart")
-    print(f"Left behind: {leaks if leaks else 'nothing (bridge, media channel, socket, tasks gone)'}")
+    nothing = "nothing (bridge, media channel, socket, tasks all gone)"
+    print(f"Left behind: {leaks if leaks else nothing}")
 
     caller_wav, echo_wav = out_dir / "caller.wav", out_dir / "echo.wav"
     _write_wav(caller_wav, b"".join(p for _t, p in sent))
