@@ -28,7 +28,10 @@ def events_url(base_url: str, app: str, user: str, password: str) -> str:
     """ws(s)://host/ari/events?app=..&api_key=user:pass, as the recordings used it."""
     parts = urlsplit(normalize_base_url(base_url))
     scheme = "wss" if parts.scheme == "https" else "ws"
-    query = urlencode({"app": app, "api_key": f"{user}:{password}", "subscribeAll": "false"})
+    # safe=":" keeps api_key=user:pass as the recordings sent it; '&', '#', ' ' are still quoted.
+    query = urlencode(
+        {"app": app, "api_key": f"{user}:{password}", "subscribeAll": "false"}, safe=":"
+    )
     return urlunsplit((scheme, parts.netloc, parts.path + "/ari/events", query, ""))
 
 

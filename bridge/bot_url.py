@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import string
+import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
-_FIELDS = frozenset({"call_id", "channel_id", "caller", "called"})
+# Exactly {call_id}, {channel_id}, {caller} or {called}; every other brace is plain text.
+_PLACEHOLDER = re.compile(r"\{(call_id|channel_id|caller|called)\}")
 
 
 def bot_url_from_args(args: Sequence[str]) -> str | None:
@@ -20,16 +21,10 @@ def bot_url_from_args(args: Sequence[str]) -> str | None:
 def render_bot_url(template: str, values: Mapping[str, str]) -> str:
     """Fill the known placeholders, URL-quoted; anything else in braces is left as it is,
     so a URL that happens to contain braces is not an error."""
-    out = []
-    for literal, field, _spec, _conv in string.Formatter().parse(template):
-        out.append(literal)
-        if field is None:
-            continue
-        if field in _FIELDS:
-            out.append(quote(values.get(field, ""), safe=""))
-        else:
-            out.append("{" + field + "}")
-    return "".join(out)
+    # Lone surrogates (ARI JSON may carry "\ud800") cannot be UTF-8 encoded; they become '?'.
+    return _PLACEHOLDER.sub(
+        lambda m: quote(values.get(m.group(1), ""), safe="", errors="replace"), template
+    )
 
 
 def resolve_bot_url(default_template: str, args: Sequence[str], values: Mapping[str, str]) -> str:

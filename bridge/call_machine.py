@@ -125,6 +125,7 @@ class CallMachine:
         self.bridged = False
         self._bridging = False
         self._hangup_caller = True
+        self._bot_said_goodbye = False  # closed normally before the call was up
         self._emit(Answer(ids.caller_id))
 
     # ---- public API -------------------------------------------------------------------
@@ -285,15 +286,24 @@ class CallMachine:
         self._maybe_up()
 
     def _maybe_up(self) -> None:
-        if self.state is CallState.SETUP and self.bridged and self.bot_res is Res.UP:
+        if self.state is not CallState.SETUP or not self.bridged:
+            return
+        if self.bot_res is Res.UP:
             self._goto(CallState.UP)
+        elif self._bot_said_goodbye:
+            # A bot that spoke and hung up before the bridge was ready is still heard out.
+            self._goto(CallState.UP)
+            self._goto(CallState.DRAINING)
+            self._emit(DrainPlayout())
 
     def _on_bot_closed(self, event: BotClosed) -> None:
         was_up = self.bot_res is Res.UP
         self.bot_res = Res.GONE
-        if self.state is CallState.UP and was_up and event.code == 1000:
+        if was_up and event.code == 1000 and self.state is CallState.UP:
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
+        elif was_up and event.code == 1000 and self.state is CallState.SETUP:
+            self._bot_said_goodbye = True
         elif self.state in (CallState.SETUP, CallState.UP):
             self._end(f"bot closed abnormally (code {event.code} {event.reason})".rstrip())
 

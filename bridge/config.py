@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
-from bridge.ports import parse_port_range
+from bridge.ports import PortPool, parse_port_range
 
 FORMATS = ("ulaw",)
 DIALECTS = ("twilio",)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +98,34 @@ def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Sett
             value = env.get(_env_name(field))
         if value is not None:
             raw[field] = value
-    password_file = raw.pop("ari_password_file", None)
-    if password_file and "ari_password" not in raw:
-        try:
-            with open(password_file, encoding="utf-8") as fh:
-                raw["ari_password"] = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --ari-password-file: {exc.strerror}") from None
+    raw.pop("ari_password_file", None)
+    raw.pop("ari_password", None)
+    password = _password(namespace, env)
+    if password is not None:
+        raw["ari_password"] = password
     return _validate(raw)
+
+
+def _password(namespace: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """--ari-password, else --ari-password-file, else the same two from the environment:
+    a flag of either kind wins over both environment variables."""
+    for given, path in (
+        (getattr(namespace, "ari_password", None), getattr(namespace, "ari_password_file", None)),
+        (env.get(_env_name("ari_password")), env.get(_env_name("ari_password_file"))),
+    ):
+        if given is not None:
+            return given
+        if path:
+            return _read_password_file(path)
+    return None
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --ari-password-file: {exc.strerror}") from None
 
 
 def _validate(raw: dict[str, str]) -> Settings:
@@ -115,10 +139,17 @@ def _validate(raw: dict[str, str]) -> Settings:
                 kwargs[name] = float(raw[name])
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
+    for name in ("max_queue_ms", "bot_connect_timeout", "setup_timeout", "rest_timeout"):
+        number = kwargs.get(name)
+        # 0 or a negative timeout would mean "no timeout" to aiohttp; nan and inf break timers.
+        if isinstance(number, int | float) and not (math.isfinite(number) and number > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number")
     if "rtp_ports" in raw:
-        kwargs["rtp_ports"] = parse_port_range(raw["rtp_ports"])
+        low, high = parse_port_range(raw["rtp_ports"])
+        PortPool(low, high)  # a range with no even port fails here, not at start-up
+        kwargs["rtp_ports"] = (low, high)
     if "silence_fill" in raw:
-        kwargs["silence_fill"] = raw["silence_fill"].strip().lower() not in ("0", "false", "no")
+        kwargs["silence_fill"] = _bool(raw["silence_fill"])
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     if settings.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
@@ -126,6 +157,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         raise ConfigError(f"--dialect must be one of {', '.join(DIALECTS)}")
     if settings.log_format not in ("json", "console"):
         raise ConfigError("--log-format must be json or console")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     if urlsplit(settings.ari_url).scheme not in ("http", "https"):
         raise ConfigError("--ari-url must start with http:// or https://")
     if urlsplit(settings.bot_url).scheme not in ("ws", "wss"):
@@ -133,6 +166,15 @@ def _validate(raw: dict[str, str]) -> Settings:
     if not settings.ari_password:
         raise ConfigError("no ARI password: give --ari-password-file or $BRIDGE_ARI_PASSWORD")
     return settings
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"$BRIDGE_SILENCE_FILL must be one of {', '.join(_TRUE + _FALSE)}")
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:

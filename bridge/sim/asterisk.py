@@ -404,6 +404,11 @@ class SimulatedAsterisk:
         """Delay of the UnicastRTP StasisStart after the externalMedia answer (< 0: before it)."""
         self._em_stasis_delay = seconds
 
+    def send_raw_event(self, text: str) -> None:
+        """Deliver `text` as it is on every events socket (fault injection: a broken event)."""
+        for sock in self._sockets:
+            sock.queue.put_nowait(text)
+
     async def drop_event_sockets(self) -> None:
         """Cut every events socket without a close frame; calls and media keep going (§16)."""
         sockets, self._sockets = self._sockets, []

@@ -284,3 +284,22 @@ def test_full_recorded_stream_ends_cleanly(scenario: str) -> None:
     assert h.machine.state is CallState.ENDED
     deletes = [c for c in h.log if isinstance(c, HangupChannel | DeleteBridge)]
     assert len(deletes) == len({getattr(c, "channel_id", None) or c.bridge_id for c in deletes})
+
+
+def test_bot_that_says_goodbye_during_setup_is_still_heard() -> None:
+    h = Harness()
+    (answer,) = h.take()
+    h.done(answer)
+    open_media, bridge, _bot = h.take()
+    h.machine.handle(BotConnected())
+    h.machine.handle(BotClosed(1000, ""))  # queued its audio and left before the bridge was up
+    assert h.machine.state is CallState.SETUP
+    h.done(open_media, "127.0.0.1:31000")
+    (create_em,) = h.take()
+    h.done(bridge)
+    h.done(create_em, h.em_channel)
+    h.media_stasis_start()
+    add = h.take()[-1]
+    h.done(add)
+    assert types(h.take()) == [DrainPlayout]
+    assert h.machine.state is CallState.DRAINING
