@@ -50,6 +50,10 @@ def _str(obj: Mapping[str, Any], key: str, default: str = "") -> str:
     return value if isinstance(value, str) else default
 
 
+def _mapping_or_empty(obj: object) -> Mapping[str, Any]:
+    return obj if isinstance(obj, Mapping) else {}
+
+
 def _require_mapping(obj: object, what: str) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
         raise AriEventError(f"{what} is not a JSON object")
@@ -61,8 +65,8 @@ def parse_channel(obj: object) -> Channel:
     channel_id = ch.get("id")
     if not isinstance(channel_id, str) or not channel_id:
         raise AriEventError("channel has no id")
-    caller = ch.get("caller") if isinstance(ch.get("caller"), Mapping) else {}
-    dialplan = ch.get("dialplan") if isinstance(ch.get("dialplan"), Mapping) else {}
+    caller = _mapping_or_empty(ch.get("caller"))
+    dialplan = _mapping_or_empty(ch.get("dialplan"))
     raw_vars = ch.get("channelvars")
     channelvars = (
         {str(k): str(v) for k, v in raw_vars.items()} if isinstance(raw_vars, Mapping) else {}

@@ -99,8 +99,16 @@ class CallIds:
     media_channel_id: str
 
 
-MachineInput = AriEvent | CommandDone | CommandFailed | BotConnected | BotClosed
-MachineInput = MachineInput | PlayoutDrained | MediaFailed | HangupRequested
+MachineInput = (
+    AriEvent
+    | CommandDone
+    | CommandFailed
+    | BotConnected
+    | BotClosed
+    | PlayoutDrained
+    | MediaFailed
+    | HangupRequested
+)
 
 
 class CallMachine:
