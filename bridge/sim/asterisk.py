@@ -18,47 +18,49 @@ Kept from the recordings / facts file:
   up: HangupRequest(16) -> ... -> StasisEnd; nothing is torn down for the app (§13-15);
 * no events while no events socket is connected, none replayed later; a call arriving then
   fails (§16); strict RTP (§7); RTP always goes to external_host (§6); PT > 34 dropped (§10).
+
+Layout: `bridge.sim.media` is the UDP side (`EmMedia`, `SimCall`); `bridge.sim.core` is the
+channel and bridge state, the ARI resources that change it and the events those changes emit
+(`AsteriskCore`); this module is the aiohttp layer (ARI REST routing, authentication, fault
+injection, the events WebSocket) and the public API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, cast
-from uuid import uuid4
+from typing import Any
 
 from aiohttp import web
 
-from bridge.sim.recording import FIXTURES_DIR, CallerScript, TimedDtmf, load_recording
-from bridge.sim.templates import (
-    BRIDGE_TYPES,
-    INTERNAL_ERROR,
-    STRICT_RTP_LEARN_SECONDS,
-    EchoStream,
-    Reply,
-    StrictRtp,
-    Templates,
-    TimelineItem,
-    build_timeline,
-    dumps,
-    error_reply,
-    format_timestamp,
-    reshape,
-    validate_external_media,
-)
+from bridge.sim.core import ASTERISK_ID, CHANNELVARS, DIALLED, AsteriskCore, SimBridge, SimChannel
+from bridge.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
+from bridge.sim.recording import FIXTURES_DIR, CallerScript, load_recording
+from bridge.sim.templates import Reply, build_timeline, dumps, error_reply, format_timestamp
+
+__all__ = [
+    "ASTERISK_ID",
+    "CHANNELVARS",
+    "DIALLED",
+    "MAX_DATAGRAM",
+    "SERVER",
+    "EmMedia",
+    "Packet",
+    "SimBridge",
+    "SimCall",
+    "SimChannel",
+    "SimRequest",
+    "SimulatedAsterisk",
+    "StasisAppNotActive",
+]
 
 SERVER = "Asterisk/23.4.1"
-ASTERISK_ID = "02:fc:00:00:00:01"
-# A UnicastRTP channel's dialplan while it is being dialled and after it left Stasis.
-DIALLED = ("default", "s", 1, "AppDial2", "(Outgoing Line)")
-CHANNELVARS = ("UNICASTRTP_LOCAL_PORT", "UNICASTRTP_LOCAL_ADDRESS")  # recorded order
 
 
 class StasisAppNotActive(RuntimeError):
@@ -74,182 +76,6 @@ class SimRequest:
     t: float = 0.0  # loop.time() when it arrived
 
 
-Packet = tuple[float, bytes, tuple[str, int]]  # (loop.time() monotonic, datagram, address)
-MAX_DATAGRAM = 2048  # more than any RTP packet Asterisk handles on a UnicastRTP channel
-
-
-class EmMedia(asyncio.DatagramProtocol):
-    """The UDP socket of one UnicastRTP channel: Asterisk's end of the RTP stream.
-
-    Asterisk sends from here to `external_host` only (facts §6) and receives through strict
-    RTP (§7). Per-packet work is an append and, for an echoing far end, one header rewrite.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, remote: tuple[str, int], fmt: str) -> None:
-        self._loop = loop
-        self.remote = remote
-        self.format = fmt
-        self.strict = StrictRtp(remote, learn_until=loop.time() + STRICT_RTP_LEARN_SECONDS)
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local: tuple[str, int] = ("127.0.0.1", 0)
-        self.received: list[Packet] = []  # accepted, as Asterisk would `Got` them
-        self.dropped: list[tuple[float, bytes, tuple[str, int], str]] = []  # ..., reason
-        self.sent: list[Packet] = []
-        self.send_errors = 0
-        self.echo: EchoStream | None = None  # set while bridged to an echoing far end
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        host, port = transport.get_extra_info("sockname")[:2]
-        self.local = (host, port)
-
-    @property
-    def is_open(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        now, source = self._loop.time(), (str(addr[0]), int(addr[1]))
-        if len(data) < 12 or len(data) > MAX_DATAGRAM or data[0] >> 6 != 2:
-            reason = "not_rtp"
-        elif not self.strict.accept(source, now):
-            reason = "strict_rtp"
-        elif data[1] & 0x7F > 34:
-            reason = "payload_type"  # dynamic PT without SDP: dropped by Asterisk (facts §10)
-        else:
-            self.received.append((now, data, source))
-            if self.echo is not None and self.format == "ulaw":
-                echoed = self.echo.echo(data)
-                if echoed is not None:
-                    self.send(echoed)
-            return
-        self.dropped.append((now, data, source, reason))
-
-    def error_received(self, exc: Exception) -> None:
-        self.send_errors += 1  # ICMP port unreachable: nobody listens at external_host (yet)
-
-    def send(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.transport.sendto(data, self.remote)
-        self.sent.append((self._loop.time(), data, self.remote))
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class SimCall:
-    """One inbound call as the far end sees it; futures to await, lists to assert on."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        scenario: str,
-        caller_id: str,
-        caller_name: str,
-        args: list[str],
-        echo: bool,
-        timeline: list[TimelineItem],
-    ) -> None:
-        self._loop = loop
-        self.scenario, self.caller_id, self.caller_name = scenario, caller_id, caller_name
-        self.args, self.echo = args, echo
-        self.em_channel_id: str | None = None
-        self.bridge_id: str | None = None
-        self.media: EmMedia | None = None
-        self.hung_up_by: str | None = None  # "caller" | "app"
-        self.bridged: asyncio.Future[float] = loop.create_future()  # loop.time() of the moment
-        self.ended: asyncio.Future[str] = loop.create_future()  # hung_up_by
-        self.dtmf_sent: list[str] = []
-        self._timeline = timeline
-        self._next = 0
-        self._t0 = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._play: Callable[[SimCall, str, Any], None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<SimCall {self.caller_id} {self.scenario} em={self.em_channel_id}>"
-
-    @property
-    def rtp_received(self) -> list[Packet]:
-        return self.media.received if self.media else []
-
-    @property
-    def rtp_sent(self) -> list[Packet]:
-        return self.media.sent if self.media else []
-
-    @property
-    def rtp_dropped(self) -> list[tuple[float, bytes, tuple[str, int], str]]:
-        return self.media.dropped if self.media else []
-
-    def start(self, now: float, play: Callable[[SimCall, str, Any], None]) -> None:
-        """The bridged moment: the far end's timeline runs from `now`."""
-        self._t0, self._play = now, play
-        self.bridged.set_result(now)
-        self._tick()
-
-    def _tick(self) -> None:
-        # Absolute deadlines from the bridged moment: a late tick catches up, never drifts.
-        self._timer = None
-        now = self._loop.time()
-        while self._next < len(self._timeline) and not self.ended.done():
-            offset, kind, payload = self._timeline[self._next]
-            deadline = self._t0 + offset
-            if deadline > now:
-                self._timer = self._loop.call_at(deadline, self._tick)
-                return
-            self._next += 1
-            if self._play is not None:
-                self._play(self, kind, payload)
-
-    def finish(self, by: str) -> None:
-        self.cancel_timer()
-        if not self.ended.done():
-            self.hung_up_by = by
-            self.ended.set_result(by)
-
-    def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-@dataclass(eq=False, slots=True)
-class SimChannel:
-    id: str
-    name: str
-    kind: str  # "caller" (dialplan -> Stasis), "local" (its ;2 half), "media" (UnicastRTP)
-    state: str
-    caller: tuple[str, str]  # (name, number)
-    connected: tuple[str, str]
-    dialplan: tuple[str, str, int, str, str]  # context, exten, priority, app_name, app_data
-    creationtime: str
-    in_stasis: bool = False
-    bridge_id: str | None = None
-    has_peer: bool = False  # BRIDGEPEER was set, so leaving the bridge clears it with an event
-    variables: dict[str, str] = field(default_factory=dict)
-    dialstring: str = ""
-    media: EmMedia | None = None
-    call: SimCall | None = None
-    pending_start: asyncio.TimerHandle | None = None  # UnicastRTP StasisStart not sent yet
-
-
-@dataclass(eq=False, slots=True)
-class SimBridge:
-    id: str
-    name: str
-    bridge_type: str
-    creationtime: str
-    channels: list[str] = field(default_factory=list)
-
-    @property
-    def technology(self) -> str:
-        # Smart bridging: two members are passed through, a third one needs mixing (facts §4).
-        if self.bridge_type == "holding":
-            return "holding_bridge"
-        return "simple_bridge" if len(self.channels) <= 2 else "softmix"
-
-
 @dataclass(eq=False, slots=True)
 class _EventSocket:
     ws: web.WebSocketResponse
@@ -262,7 +88,7 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk:
+class SimulatedAsterisk(AsteriskCore):
     """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`."""
 
     def __init__(
@@ -277,30 +103,24 @@ class SimulatedAsterisk:
         seed: int | None = None,
         fixtures_dir: Path = FIXTURES_DIR,
     ) -> None:
-        self.user, self.password, self.app = user, password, app
+        super().__init__(
+            app=app,
+            em_stasis_delay=em_stasis_delay,
+            rtp_ports=rtp_ports,
+            seed=seed,
+            fixtures_dir=fixtures_dir,
+        )
+        self.user, self.password = user, password
         self.port = port
-        self._em_stasis_delay = em_stasis_delay
-        self._rtp_ports = rtp_ports
-        self._rng = random.Random(seed)
         self._fixtures_dir = fixtures_dir
-        self._templates = Templates.from_recordings(fixtures_dir)
         self._scripts: dict[str, CallerScript] = {}
         self.requests: list[SimRequest] = []
-        self.events_sent: list[str] = []
-        self.event_times: list[float] = []  # loop.time() of each entry of events_sent
-        self.channels: dict[str, SimChannel] = {}
-        self.bridges: dict[str, SimBridge] = {}
-        self.calls: list[SimCall] = []
         self._sockets: list[_EventSocket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._medias: list[EmMedia] = []
         self._faults: list[tuple[str, re.Pattern[str], Reply]] = []
-        self._app_registered = False  # Asterisk keeps the app listed after its socket went away
         self._app_active = asyncio.Event()
-        self._next_unique = 0
         self._next_local = 0
         self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             (m, re.compile(p), h)
             for m, p, h in (
@@ -377,9 +197,8 @@ class SimulatedAsterisk:
 
     # -- introspection and fault knobs -----------------------------------------------------
 
-    @property
-    def app_active(self) -> bool:
-        return any(sock.subscribed for sock in self._sockets)
+    def _event_queues(self) -> list[asyncio.Queue[str]]:
+        return [sock.queue for sock in self._sockets if sock.subscribed]
 
     async def wait_app_active(self) -> None:
         """Until an events socket is connected for the app (calls can arrive from then on)."""
@@ -478,160 +297,6 @@ class SimulatedAsterisk:
             recording = load_recording(scenario, self._fixtures_dir)
             self._scripts[scenario] = recording.caller_script()
         return self._scripts[scenario]
-
-    def _on_bridged(self, call: SimCall, em: SimChannel, bridge: SimBridge) -> None:
-        loop = self._running_loop()
-        call.em_channel_id, call.bridge_id, call.media = em.id, bridge.id, em.media
-        if call.echo and em.media is not None:
-            ssrc, seq = self._rng.getrandbits(32), self._rng.getrandbits(16)
-            em.media.echo = EchoStream(ssrc=ssrc, seq=seq)
-        call.start(loop.time(), self._play)
-
-    def _play(self, call: SimCall, kind: str, payload: Any) -> None:
-        """One timed step of the far end (called by the call's deadline timer)."""
-        caller = self.channels.get(call.caller_id)
-        if caller is None:
-            return
-        if kind == "rtp":
-            em = self.channels.get(call.em_channel_id or "")
-            if em is not None and em.media is not None and caller.bridge_id == em.bridge_id:
-                em.media.send(payload)  # simple_bridge relays only while both are members
-        elif kind == "dtmf" and isinstance(payload, TimedDtmf):
-            self._emit("ChannelDtmfReceived", caller, digit=payload.digit,
-                       duration_ms=payload.duration_ms)  # fmt: skip
-            call.dtmf_sent.append(payload.digit)
-        elif kind == "hangup":
-            self._hangup(caller, "far")
-
-    # -- events ----------------------------------------------------------------------------
-
-    def _emit(self, kind: str, ch: SimChannel | None = None, *, key: str = "channel",
-              **values: Any) -> None:  # fmt: skip
-        targets = [sock for sock in self._sockets if sock.subscribed]
-        if not targets:
-            return  # app inactive: Asterisk drops the event and never replays it (facts §16)
-        if ch is not None:
-            values[key] = self._snapshot(ch)
-        raw = self._templates.event(
-            kind, timestamp=format_timestamp(time.time()), asterisk_id=ASTERISK_ID,
-            application=self.app, **values,
-        )  # fmt: skip
-        self.events_sent.append(raw)
-        self.event_times.append(self._running_loop().time())
-        for sock in targets:
-            sock.queue.put_nowait(raw)
-
-    def _snapshot_values(self, ch: SimChannel) -> dict[str, Any]:
-        context, exten, priority, app_name, app_data = ch.dialplan
-        return {
-            "id": ch.id, "name": ch.name, "state": ch.state,
-            "caller": {"name": ch.caller[0], "number": ch.caller[1]},
-            "connected": {"name": ch.connected[0], "number": ch.connected[1]},
-            "dialplan": {"context": context, "exten": exten, "priority": priority,
-                         "app_name": app_name, "app_data": app_data},
-            "creationtime": ch.creationtime,
-        }  # fmt: skip
-
-    def _snapshot(self, ch: SimChannel) -> dict[str, Any]:
-        return self._templates.channel_snapshot(self._snapshot_values(ch))
-
-    def _bridge_snapshot(self, bridge: SimBridge) -> dict[str, Any]:
-        return self._templates.bridge_snapshot({
-            "id": bridge.id, "technology": bridge.technology, "bridge_type": bridge.bridge_type,
-            "name": bridge.name, "channels": list(bridge.channels),
-            "creationtime": bridge.creationtime,
-        })  # fmt: skip
-
-    # -- state transitions -----------------------------------------------------------------
-
-    def _media_enters_stasis(self, ch: SimChannel) -> None:
-        """The UnicastRTP channel is dialled, answers and enters the app (recorded order)."""
-        ch.pending_start = None
-        if ch.in_stasis or self.channels.get(ch.id) is not ch:
-            return
-        if not self.app_active:  # Stasis() fails for it: gone without an event (facts §16)
-            self._remove(ch, "app")
-            return
-        self._emit("Dial", ch, key="peer", dialstatus="", dialstring=ch.dialstring)
-        ch.state = "Up"
-        self._emit("ChannelStateChange", ch)
-        self._emit("Dial", ch, key="peer", dialstatus="ANSWER", dialstring=ch.dialstring)
-        ch.dialplan = ("default", "s", 1, "Stasis", self.app)
-        ch.variables["STASISSTATUS"] = ""
-        self._emit("ChannelVarset", ch, variable="STASISSTATUS", value="")
-        ch.in_stasis = True
-        self._emit("StasisStart", ch, args=[])
-
-    def _enter_bridge(self, ch: SimChannel, bridge: SimBridge) -> None:
-        if ch.bridge_id == bridge.id:
-            return
-        self._leave_bridge(ch)  # addChannel moves a channel out of its old bridge (errors)
-        bridge.channels.append(ch.id)
-        ch.bridge_id = bridge.id
-        self._emit("ChannelEnteredBridge", ch, bridge=self._bridge_snapshot(bridge))
-        if len(bridge.channels) != 2:
-            return
-        first = self.channels[bridge.channels[0]]
-        for who, peer in ((first, ch), (ch, first)):
-            who.has_peer, who.variables["BRIDGEPEER"] = True, peer.name
-            self._emit("ChannelVarset", who, variable="BRIDGEPEER", value=peer.name)
-        ch.connected, first.connected = first.caller, ch.caller
-        self._emit("ChannelConnectedLine", ch)  # the newcomer first: 4 of 5 recordings
-        self._emit("ChannelConnectedLine", first)
-
-    def _leave_bridge(self, ch: SimChannel) -> None:
-        bridge = self.bridges.get(ch.bridge_id or "")
-        ch.bridge_id = None
-        if bridge is None:
-            return
-        bridge.channels.remove(ch.id)
-        if ch.has_peer:
-            ch.has_peer, ch.variables["BRIDGEPEER"] = False, ""
-            self._emit("ChannelVarset", ch, variable="BRIDGEPEER", value="")
-        self._emit("ChannelLeftBridge", ch, bridge=self._bridge_snapshot(bridge))
-        for member in (ch, *(self.channels[m] for m in bridge.channels)):
-            if member.media is not None:
-                member.media.echo = None  # the far end no longer hears the bridge
-
-    def _hangup(self, ch: SimChannel, how: str) -> None:
-        """`how`: "delete" (our DELETE), "far" (the far end hung up), "continue" (left Stasis)."""
-        if self.channels.get(ch.id) is not ch:
-            return
-        if ch.kind == "media" and not ch.in_stasis:
-            # Asterisk finishes bringing the channel into Stasis first (errors: DELETE right
-            # after the externalMedia answer still got Dial ... StasisStart, then the hang-up).
-            if ch.pending_start is not None:
-                ch.pending_start.cancel()
-            self._media_enters_stasis(ch)
-            if self.channels.get(ch.id) is not ch:
-                return  # it never made it into the app
-        if how == "delete":
-            self._emit("ChannelHangupRequest", ch)
-        elif how == "far":
-            self._emit("ChannelHangupRequest/far", ch)
-        self._leave_bridge(ch)
-        if ch.in_stasis:
-            ch.in_stasis = False
-            self._emit("StasisEnd", ch)
-            if ch.kind == "media":
-                self._emit("ChannelVarset", ch, variable="STASISSTATUS", value="SUCCESS")
-        if ch.kind == "media":
-            # Only the channel the app originated stays subscribed after StasisEnd (§14).
-            ch.dialplan = DIALLED
-            self._emit("ChannelDestroyed", ch)
-        self._remove(ch, "caller" if how == "far" else "app")
-
-    def _remove(self, ch: SimChannel, by: str) -> None:
-        del self.channels[ch.id]
-        if ch.media is not None:
-            ch.media.close()
-            self._medias.remove(ch.media)
-        call = ch.call
-        if ch.kind != "media" and call is not None:
-            halves = [c for c in self.channels.values() if c.call is call and c.kind != "media"]
-            for other in halves:  # the two halves of a Local channel go together
-                del self.channels[other.id]
-            call.finish(by)
 
     # -- HTTP plumbing ---------------------------------------------------------------------
 
@@ -737,209 +402,3 @@ class SimulatedAsterisk:
                 await sock.ws.send_str(raw)
             except ConnectionError:
                 return
-
-    # -- REST resources --------------------------------------------------------------------
-
-    def _control(self, cid: str) -> SimChannel | Reply:
-        """A channel the app controls, or Asterisk's answer (resource_channels find_control)."""
-        ch = self.channels.get(cid)
-        if ch is None:
-            return error_reply(404, "Channel not found")
-        return ch if ch.in_stasis else error_reply(409, "Channel not in Stasis application")
-
-    async def _answer(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self._control(cid)
-        if isinstance(ch, Reply):
-            return ch
-        if ch.state != "Up":
-            ch.state = "Up"
-            self._emit("ChannelStateChange", ch)
-        return Reply(204)  # also when already Up (facts §3)
-
-    async def _continue(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self._control(cid)
-        if isinstance(ch, Reply):
-            return ch
-        # The caller goes on in the dialplan, reaches Hangup() and is gone for the app.
-        return Reply(204, after=lambda: self._hangup(ch, "continue"))
-
-    async def _delete_channel(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self.channels.get(cid)
-        if ch is None:
-            return error_reply(404, "Channel not found")
-        if ch.kind == "local":  # hanging up the far half is the far end hanging up
-            caller = next(
-                c for c in self.channels.values() if c.call is ch.call and c.kind == "caller"
-            )
-            return Reply(204, after=lambda: self._hangup(caller, "far"))
-        return Reply(204, after=lambda: self._hangup(ch, "delete"))
-
-    async def _get_channel(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self.channels.get(cid)
-        return Reply(200, self._snapshot(ch)) if ch else error_reply(404, "Channel not found")
-
-    async def _list_channels(self, q: dict[str, str]) -> Reply:
-        # Newest first, as the recorded GET /channels listed them (ws_reconnect).
-        return Reply(200, [self._snapshot(ch) for ch in reversed(self.channels.values())])
-
-    async def _get_variable(self, q: dict[str, str], cid: str) -> Reply:
-        name = q.get("variable")
-        if not name:
-            return error_reply(400, "Variable name is required")
-        ch = self.channels.get(cid)
-        if ch is None:
-            return error_reply(404, "Provided channel was not found", "Channel Not Found")
-        if name not in ch.variables:
-            return error_reply(404, "Provided variable was not found", "Variable Not Found")
-        return Reply(200, {"value": ch.variables[name]})
-
-    async def _external_media(self, q: dict[str, str]) -> Reply:
-        invalid = validate_external_media(q)
-        if invalid is not None:
-            return invalid
-        if q.get("channelId") in self.channels:
-            return error_reply(409, "Channel with given unique ID already exists")
-        host, _, port = q["external_host"].rpartition(":")
-        try:
-            media = await self._open_media((host, int(port)), q["format"])
-        except OSError:
-            return error_reply(500, INTERNAL_ERROR)
-        ch = SimChannel(
-            id=q.get("channelId") or self._new_id(),
-            name=f"UnicastRTP/{q['external_host']}-0x7f74{self._rng.getrandbits(28) << 4:08x}",
-            kind="media", state="Down", caller=("", ""), connected=("", ""), dialplan=DIALLED,
-            creationtime=format_timestamp(time.time()), media=media,
-            dialstring=f"{q['external_host']}/c({q['format']})",
-            variables={"UNICASTRTP_LOCAL_ADDRESS": media.local[0],
-                       "UNICASTRTP_LOCAL_PORT": str(media.local[1])},
-        )  # fmt: skip
-        body = self._templates.em_channel_body({
-            **self._snapshot_values(ch),
-            "channelvars": {k: ch.variables[k] for k in CHANNELVARS},
-        })  # fmt: skip
-        if q["app"] != self.app or not self.app_active:
-            # Stasis() fails for it at once: the 200 names a channel that is already gone and
-            # no event ever comes (errors: app=nosuchapp, then DELETE -> 404).
-            media.close()
-            return Reply(200, body)
-        self.channels[ch.id] = ch
-        self._medias.append(media)
-        delay = self._em_stasis_delay
-        if delay < 0:  # StasisStart before the REST answer (facts §1: 3 of 5 under load)
-            self._media_enters_stasis(ch)
-            await asyncio.sleep(-delay)
-            return Reply(200, body)
-        return Reply(200, body, after=lambda: self._schedule_stasis_start(ch, delay))
-
-    def _schedule_stasis_start(self, ch: SimChannel, delay: float) -> None:
-        if delay == 0:
-            self._media_enters_stasis(ch)
-        elif self.channels.get(ch.id) is ch and not ch.in_stasis:
-            ch.pending_start = self._running_loop().call_later(delay, self._media_enters_stasis, ch)
-
-    async def _open_media(self, remote: tuple[str, int], fmt: str) -> EmMedia:
-        """Bind Asterisk's RTP socket: an even port in the rtp.conf range (facts §6)."""
-        loop = self._running_loop()
-        low, high = self._rtp_ports
-        for _ in range(100):
-            port = self._rng.randrange(low + low % 2, high + 1, 2)
-            try:
-                _, media = await loop.create_datagram_endpoint(
-                    lambda: EmMedia(loop, remote, fmt), local_addr=("127.0.0.1", port)
-                )
-            except OSError:
-                continue  # taken: Asterisk tries another port of its range as well
-            return media
-        raise OSError(f"no free even UDP port in {low}-{high}")
-
-    async def _create_bridge(self, q: dict[str, str]) -> Reply:
-        types = (q.get("type") or "mixing").split(",")
-        bridge_id = q.get("bridgeId") or ""
-        if any(kind not in BRIDGE_TYPES for kind in types):
-            shown = bridge_id or "(null)"  # sic: the recorded answer to type=bogus
-            message = f"Unable to create bridge. Possible duplicate bridge id '{shown}'"
-            return error_reply(500, message, "Internal Error")
-        if bridge_id in self.bridges:
-            return error_reply(409, f"Bridge with id '{bridge_id}' already exists")
-        bridge = SimBridge(bridge_id or str(uuid4()), q.get("name", ""), types[0],
-                           format_timestamp(time.time()))  # fmt: skip
-        self.bridges[bridge.id] = bridge
-        return Reply(200, self._bridge_snapshot(bridge))
-
-    async def _get_bridge(self, q: dict[str, str], bid: str) -> Reply:
-        bridge = self.bridges.get(bid)
-        if bridge is None:
-            return error_reply(404, "Bridge not found", "Not found")
-        return Reply(200, self._bridge_snapshot(bridge))
-
-    async def _list_bridges(self, q: dict[str, str]) -> Reply:
-        return Reply(200, [self._bridge_snapshot(b) for b in self.bridges.values()])
-
-    async def _add_channel(self, q: dict[str, str], bid: str) -> Reply:
-        bridge = self.bridges.get(bid)
-        if bridge is None:
-            return error_reply(404, "Bridge not found", "Not found")
-        ids = [cid for cid in q.get("channel", "").split(",") if cid]
-        if not ids:
-            return error_reply(400, "Missing parameter channel")
-        for cid in ids:
-            ch = self.channels.get(cid)
-            if ch is None:
-                return error_reply(400, "Channel not found")
-            if not ch.in_stasis:  # facts §1b; body and reason from res/ari/resource_bridges.c
-                return error_reply(422, "Channel not in Stasis application")
-        for cid in ids:
-            self._enter_bridge(self.channels[cid], bridge)
-        return Reply(204, after=lambda: self._check_bridged(bridge))
-
-    def _check_bridged(self, bridge: SimBridge) -> None:
-        members = [self.channels[cid] for cid in bridge.channels if cid in self.channels]
-        medias = [m for m in members if m.kind == "media"]
-        for member in members:
-            call = member.call
-            if member.kind == "caller" and call is not None and medias and not call.bridged.done():
-                self._on_bridged(call, medias[0], bridge)
-
-    async def _delete_bridge(self, q: dict[str, str], bid: str) -> Reply:
-        bridge = self.bridges.get(bid)
-        if bridge is None:
-            return error_reply(404, "Bridge not found", "Not found")
-        for cid in list(bridge.channels):
-            self._leave_bridge(self.channels[cid])
-        del self.bridges[bid]
-        self._emit("BridgeDestroyed", bridge=self._bridge_snapshot(bridge))
-        return Reply(204)
-
-    def _application(self) -> dict[str, Any]:
-        return reshape(self._templates.application, {
-            "name": self.app,
-            "channel_ids": [ch.id for ch in self.channels.values() if ch.in_stasis],
-            "bridge_ids": list(self.bridges),
-        })  # fmt: skip
-
-    async def _list_applications(self, q: dict[str, str]) -> Reply:
-        return Reply(200, [self._application()] if self._app_registered else [])
-
-    async def _get_application(self, q: dict[str, str], app: str) -> Reply:
-        if app != self.app or not self._app_registered:
-            return error_reply(404, "Application not found")
-        return Reply(200, self._application())
-
-    async def _ping(self, q: dict[str, str]) -> Reply:
-        values = {"timestamp": format_timestamp(time.time()), "asterisk_id": ASTERISK_ID}
-        return Reply(200, reshape(self._templates.ping, values))
-
-    async def _info(self, q: dict[str, str]) -> Reply:
-        return Reply(200, dict(self._templates.info))
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _new_id(self) -> str:
-        """Asterisk's uniqueid: `<epoch seconds at creation>.<running counter>`."""
-        self._next_unique += 1
-        return f"{int(time.time())}.{self._next_unique - 1}"
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError("SimulatedAsterisk is not started")
-        return self._loop

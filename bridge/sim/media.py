@@ -78,8 +78,6 @@ class EmMedia(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-
-
 async def open_media(
     loop: asyncio.AbstractEventLoop,
     remote: tuple[str, int],
