@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck bench run clean
+.PHONY: install demo test test-all lint typecheck run clean
 
 install: $(STAMP)
 
@@ -30,9 +30,6 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy ari rtp bridge
-
-bench: $(STAMP)
-	$(BIN)/python -m bridge.bench
 
 run: $(STAMP)
 	$(BIN)/pipecat-bridge run
