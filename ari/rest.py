@@ -146,7 +146,7 @@ class AriRestClient:
         body = await self.request(
             "POST", "/bridges", {"type": kind, "name": name, "bridgeId": bridge_id}
         )
-        return _parse(parse_bridge, body)
+        return _parse(parse_bridge, body, "POST", "/bridges")
 
     async def delete_bridge(self, bridge_id: str) -> None:
         await self.request("DELETE", f"/bridges/{bridge_id}", idempotent=True)
@@ -180,7 +180,7 @@ class AriRestClient:
                 "channelId": channel_id,
             },
         )
-        return _parse(parse_channel, body)
+        return _parse(parse_channel, body, "POST", "/channels/externalMedia")
 
     async def continue_in_dialplan(
         self, channel_id: str, context: str, extension: str, priority: int
@@ -193,11 +193,11 @@ class AriRestClient:
 
     async def list_channels(self) -> list[Channel]:
         body = await self.request("GET", "/channels", idempotent=True)
-        return [_parse(parse_channel, c) for c in body or []]
+        return [_parse(parse_channel, c, "GET", "/channels") for c in body or []]
 
     async def list_bridges(self) -> list[Bridge]:
         body = await self.request("GET", "/bridges", idempotent=True)
-        return [_parse(parse_bridge, b) for b in body or []]
+        return [_parse(parse_bridge, b, "GET", "/bridges") for b in body or []]
 
     async def application(self, app: str) -> dict[str, Any]:
         body = await self.request("GET", f"/applications/{app}", idempotent=True)
@@ -206,8 +206,9 @@ class AriRestClient:
         return body
 
 
-def _parse(parser: Any, body: object) -> Any:
+def _parse(parser: Any, body: object, method: str, path: str) -> Any:
+    """A 2xx body that is not the resource it should be is an error of that request."""
     try:
         return parser(body)
     except AriEventError as exc:
-        raise AriHttpError("?", "?", 200, f"unexpected answer: {exc}") from None
+        raise AriHttpError(method, path, 200, f"unexpected answer: {exc}") from None

@@ -74,10 +74,15 @@ class Harness:
     def done(self, cmd: Command, value: object = None) -> None:
         self.machine.handle(CommandDone(cmd, value))
 
-    def setup_to_up(self) -> None:
+    def answered(self) -> list[Command]:
+        """Answer the caller; return what the machine does next (OpenMedia, CreateBridge,
+        ConnectBot)."""
         (answer,) = self.take()
         self.done(answer)
-        open_media, bridge, bot = self.take()
+        return self.take()
+
+    def setup_to_up(self) -> None:
+        open_media, bridge, bot = self.answered()
         self.done(open_media, "127.0.0.1:31000")
         (create_em,) = self.take()
         self.done(bridge)
@@ -127,9 +132,7 @@ def test_setup_emits_rest_calls_in_recorded_order() -> None:
 
 def test_media_stasis_start_before_rest_response_still_bridges_once() -> None:
     h = Harness("concurrent")
-    (answer,) = h.take()
-    h.done(answer)
-    open_media, bridge, _bot = h.take()
+    open_media, bridge, _bot = h.answered()
     h.done(open_media, "127.0.0.1:31000")
     (create_em,) = h.take()
     h.done(bridge)
@@ -195,9 +198,7 @@ def test_dtmf_goes_to_bot_only_when_connected() -> None:
 
 def test_hangup_while_bridge_creation_in_flight_deletes_it_when_it_lands() -> None:
     h = Harness()
-    (answer,) = h.take()
-    h.done(answer)
-    open_media, bridge, bot = h.take()
+    open_media, bridge, bot = h.answered()
     h.machine.handle(HangupRequested("caller gone", caller_gone=True))
     assert types(h.take()) == [CloseBot]  # nothing else exists yet
     h.done(bot)
@@ -213,9 +214,7 @@ def test_hangup_while_bridge_creation_in_flight_deletes_it_when_it_lands() -> No
 
 def test_failed_external_media_rolls_back_and_hangs_up() -> None:
     h = Harness()
-    (answer,) = h.take()
-    h.done(answer)
-    open_media, bridge, _bot = h.take()
+    open_media, bridge, _bot = h.answered()
     h.done(open_media, "127.0.0.1:31000")
     (create_em,) = h.take()
     h.done(bridge)
@@ -288,9 +287,7 @@ def test_full_recorded_stream_ends_cleanly(scenario: str) -> None:
 
 def test_bot_that_says_goodbye_during_setup_is_still_heard() -> None:
     h = Harness()
-    (answer,) = h.take()
-    h.done(answer)
-    open_media, bridge, _bot = h.take()
+    open_media, bridge, _bot = h.answered()
     h.machine.handle(BotConnected())
     h.machine.handle(BotClosed(1000, ""))  # queued its audio and left before the bridge was up
     assert h.machine.state is CallState.SETUP
