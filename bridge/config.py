@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -13,10 +15,12 @@ from urllib.parse import urlsplit
 from bridge.errors import ConfigError
 from bridge.ports import PortPool, parse_port_range
 
-FORMATS = ("ulaw",)
-DIALECTS = ("twilio",)
+FORMATS = ("ulaw", "alaw", "slin16")
+DIALECTS = ("twilio", "exotel", "vonage")
+FALLBACKS = ("hangup", "continue")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE = ("1", "true", "yes", "on")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -32,8 +36,21 @@ class Settings:
     format: str = "ulaw"
     dialect: str = "twilio"
     silence_fill: bool = True
+    caller_silence_fill: bool = True
     max_queue_ms: int = 2000
+    playout_reserve_ms: int = 40
+    reorder_window_ms: int = 40
     bot_connect_timeout: float = 3.0
+    bot_stall_timeout: float = 5.0
+    bot_ca_file: str = ""
+    bot_headers: tuple[tuple[str, str], ...] = ()
+    fallback: str = "hangup"
+    fallback_context: str = ""
+    fallback_extension: str = "s"
+    fallback_priority: int = 1
+    fallback_sound: str = ""
+    max_calls: int = 0
+    drain_timeout: float = 30.0
     setup_timeout: float = 10.0
     rest_timeout: float = 5.0
     id_prefix: str = "pcb-"
@@ -58,12 +75,56 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--format", "format", f"ExternalMedia audio format: {', '.join(FORMATS)}"),
     ("--dialect", "dialect", f"bot WebSocket dialect: {', '.join(DIALECTS)}"),
     ("--max-queue-ms", "max_queue_ms", "most bot audio queued per call, in ms"),
-    ("--bot-connect-timeout", "bot_connect_timeout", "seconds to open the bot WebSocket"),
+    ("--playout-reserve-ms", "playout_reserve_ms", "bot audio held before a talkspurt starts"),
+    (
+        "--reorder-window-ms",
+        "reorder_window_ms",
+        "how long a caller RTP gap waits for late packets",
+    ),
+    (
+        "--bot-connect-timeout",
+        "bot_connect_timeout",
+        "seconds to open the bot WebSocket, retries included",
+    ),
+    (
+        "--bot-stall-timeout",
+        "bot_stall_timeout",
+        "seconds a bot may stop reading before it is failed",
+    ),
+    ("--bot-ca-file", "bot_ca_file", "PEM CA bundle trusted for wss:// bots (default: system CAs)"),
+    (
+        "--bot-headers-file",
+        "bot_headers_file",
+        "file of 'Name: value' lines sent when connecting to the bot",
+    ),
+    ("--fallback", "fallback", "when the bot fails or the bridge is full: hangup or continue"),
+    ("--fallback-context", "fallback_context", "dialplan context for --fallback continue"),
+    ("--fallback-extension", "fallback_extension", "dialplan extension for --fallback continue"),
+    ("--fallback-priority", "fallback_priority", "dialplan priority for --fallback continue"),
+    ("--fallback-sound", "fallback_sound", "media played before the fallback, e.g. sound:sorry"),
+    ("--max-calls", "max_calls", "most concurrent calls (0: as many as --rtp-ports allows)"),
+    ("--drain-timeout", "drain_timeout", "seconds calls may go on after SIGTERM"),
     ("--setup-timeout", "setup_timeout", "seconds for a call's whole set-up"),
     ("--rest-timeout", "rest_timeout", "seconds for one ARI REST request"),
     ("--id-prefix", "id_prefix", "prefix of the bridge and channel ids this service creates"),
     ("--log-format", "log_format", "json (systemd) or console"),
     ("--log-level", "log_level", "debug, info, warning, error"),
+)
+
+
+_INTS = (
+    "max_queue_ms",
+    "playout_reserve_ms",
+    "reorder_window_ms",
+    "fallback_priority",
+    "max_calls",
+)
+_FLOATS = (
+    "bot_connect_timeout",
+    "bot_stall_timeout",
+    "setup_timeout",
+    "rest_timeout",
+    "drain_timeout",
 )
 
 
@@ -87,12 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="send no RTP while the bot is quiet [$BRIDGE_SILENCE_FILL=false]",
     )
+    run.add_argument(
+        "--no-caller-silence-fill",
+        dest="caller_silence_fill",
+        action="store_const",
+        const="false",
+        default=None,
+        help="send the bot nothing while the caller sends no RTP "
+        "[$BRIDGE_CALLER_SILENCE_FILL=false]",
+    )
     return parser
 
 
 def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     raw: dict[str, str] = {}
-    for _flag, field, _help in (*_FLAGS, ("", "silence_fill", "")):
+    for _flag, field, _help in (*_FLAGS, ("", "silence_fill", ""), ("", "caller_silence_fill", "")):
         value = getattr(namespace, field, None)
         if value is None:
             value = env.get(_env_name(field))
@@ -103,7 +173,11 @@ def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Sett
     password = _password(namespace, env)
     if password is not None:
         raw["ari_password"] = password
-    return _validate(raw)
+    headers_file = raw.pop("bot_headers_file", None)
+    settings = _validate(raw)
+    if headers_file:
+        settings = dataclasses.replace(settings, bot_headers=_read_headers_file(headers_file))
+    return settings
 
 
 def _password(namespace: argparse.Namespace, env: Mapping[str, str]) -> str | None:
@@ -121,25 +195,53 @@ def _password(namespace: argparse.Namespace, env: Mapping[str, str]) -> str | No
 
 
 def _read_password_file(path: str) -> str:
+    return _read_secret_file(path, "--ari-password-file").strip()
+
+
+def _read_secret_file(path: str, flag: str) -> str:
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
+            if os.fstat(fh.fileno()).st_mode & 0o004:
+                # A secret anyone on the VM can read is not a secret; refuse rather than warn,
+                # since the log line would be missed and the file left as it is.
+                raise ConfigError(f"{flag} {path} is world-readable: chmod o-r it")
+            return fh.read()
     except OSError as exc:
-        raise ConfigError(f"cannot read --ari-password-file: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {flag}: {exc.strerror}") from None
+
+
+def _read_headers_file(path: str) -> tuple[tuple[str, str], ...]:
+    """'Name: value' per line; blank lines and # comments skipped. Values are secrets (bearer
+    tokens): errors name the line number, never its text."""
+    headers: list[tuple[str, str]] = []
+    text = _read_secret_file(path, "--bot-headers-file")
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.fullmatch(name) or not value or "\r" in value:
+            raise ConfigError(f"--bot-headers-file line {number} is not 'Name: value'")
+        headers.append((name, value))
+    return tuple(headers)
 
 
 def _validate(raw: dict[str, str]) -> Settings:
     kwargs: dict[str, object] = dict(raw)
     try:
-        for name in ("max_queue_ms",):
+        for name in _INTS:
             if name in raw:
                 kwargs[name] = int(raw[name])
-        for name in ("bot_connect_timeout", "setup_timeout", "rest_timeout"):
+        for name in _FLOATS:
             if name in raw:
                 kwargs[name] = float(raw[name])
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
-    for name in ("max_queue_ms", "bot_connect_timeout", "setup_timeout", "rest_timeout"):
+    for name in ("playout_reserve_ms", "reorder_window_ms", "max_calls"):
+        if int(kwargs.get(name, 0)) < 0:  # type: ignore[call-overload]
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    for name in ("max_queue_ms", "fallback_priority", *_FLOATS):
         number = kwargs.get(name)
         # 0 or a negative timeout would mean "no timeout" to aiohttp; nan and inf break timers.
         if isinstance(number, int | float) and not (math.isfinite(number) and number > 0):
@@ -148,13 +250,22 @@ def _validate(raw: dict[str, str]) -> Settings:
         low, high = parse_port_range(raw["rtp_ports"])
         PortPool(low, high)  # a range with no even port fails here, not at start-up
         kwargs["rtp_ports"] = (low, high)
-    if "silence_fill" in raw:
-        kwargs["silence_fill"] = _bool(raw["silence_fill"])
+    for name in ("silence_fill", "caller_silence_fill"):
+        if name in raw:
+            kwargs[name] = _bool(raw[name], name)
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     if settings.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     if settings.dialect not in DIALECTS:
         raise ConfigError(f"--dialect must be one of {', '.join(DIALECTS)}")
+    if settings.fallback not in FALLBACKS:
+        raise ConfigError(f"--fallback must be one of {', '.join(FALLBACKS)}")
+    if settings.fallback == "continue" and not settings.fallback_context:
+        raise ConfigError("--fallback continue needs --fallback-context")
+    if settings.playout_reserve_ms >= settings.max_queue_ms:
+        raise ConfigError("--playout-reserve-ms must be smaller than --max-queue-ms")
+    if settings.bot_ca_file and not os.path.isfile(settings.bot_ca_file):
+        raise ConfigError(f"--bot-ca-file {settings.bot_ca_file} is not a readable file")
     if settings.log_format not in ("json", "console"):
         raise ConfigError("--log-format must be json or console")
     if settings.log_level.lower() not in LOG_LEVELS:
@@ -168,13 +279,13 @@ def _validate(raw: dict[str, str]) -> Settings:
     return settings
 
 
-def _bool(text: str) -> bool:
+def _bool(text: str, field: str) -> bool:
     value = text.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(f"$BRIDGE_SILENCE_FILL must be one of {', '.join(_TRUE + _FALSE)}")
+    raise ConfigError(f"${_env_name(field)} must be one of {', '.join(_TRUE + _FALSE)}")
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:

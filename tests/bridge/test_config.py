@@ -42,8 +42,17 @@ EVERY_FLAG = [
     ("--bot-url", "BRIDGE_BOT_URL", "wss://bot/{call_id}", "bot_url", "wss://bot/{call_id}"),
     ("--rtp-host", "BRIDGE_RTP_HOST", "10.0.0.5", "rtp_host", "10.0.0.5"),
     ("--rtp-ports", "BRIDGE_RTP_PORTS", "30000-30099", "rtp_ports", (30000, 30099)),
-    ("--format", "BRIDGE_FORMAT", "ulaw", "format", "ulaw"),
-    ("--dialect", "BRIDGE_DIALECT", "twilio", "dialect", "twilio"),
+    ("--format", "BRIDGE_FORMAT", "slin16", "format", "slin16"),
+    ("--dialect", "BRIDGE_DIALECT", "vonage", "dialect", "vonage"),
+    ("--playout-reserve-ms", "BRIDGE_PLAYOUT_RESERVE_MS", "60", "playout_reserve_ms", 60),
+    ("--reorder-window-ms", "BRIDGE_REORDER_WINDOW_MS", "0", "reorder_window_ms", 0),
+    ("--bot-stall-timeout", "BRIDGE_BOT_STALL_TIMEOUT", "2.5", "bot_stall_timeout", 2.5),
+    ("--fallback", "BRIDGE_FALLBACK", "hangup", "fallback", "hangup"),
+    ("--fallback-extension", "BRIDGE_FALLBACK_EXTENSION", "100", "fallback_extension", "100"),
+    ("--fallback-priority", "BRIDGE_FALLBACK_PRIORITY", "2", "fallback_priority", 2),
+    ("--fallback-sound", "BRIDGE_FALLBACK_SOUND", "sound:sorry", "fallback_sound", "sound:sorry"),
+    ("--max-calls", "BRIDGE_MAX_CALLS", "150", "max_calls", 150),
+    ("--drain-timeout", "BRIDGE_DRAIN_TIMEOUT", "12", "drain_timeout", 12.0),
     ("--max-queue-ms", "BRIDGE_MAX_QUEUE_MS", "500", "max_queue_ms", 500),
     ("--bot-connect-timeout", "BRIDGE_BOT_CONNECT_TIMEOUT", "1.5", "bot_connect_timeout", 1.5),
     ("--setup-timeout", "BRIDGE_SETUP_TIMEOUT", "7", "setup_timeout", 7.0),
@@ -98,37 +107,45 @@ def test_ari_host_comes_from_the_url() -> None:
 # ---- the password ------------------------------------------------------------------------
 
 
+def secret_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "ari.secret"
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_world_readable_password_file_is_refused(tmp_path: Path) -> None:
+    secret = secret_file(tmp_path, "pw\n", 0o644)
+    with pytest.raises(ConfigError, match="world-readable"):
+        parse_settings(["run", "--ari-password-file", str(secret)], {})
+
+
 def test_password_file_is_read_and_stripped(tmp_path: Path) -> None:
-    secret = tmp_path / "ari.secret"
-    secret.write_text("  from-file\n", encoding="utf-8")
+    secret = secret_file(tmp_path, "  from-file\n")
     got = parse_settings(["run", "--ari-password-file", str(secret)], {})
     assert got.ari_password == "from-file"
 
 
 def test_password_file_from_environment(tmp_path: Path) -> None:
-    secret = tmp_path / "ari.secret"
-    secret.write_text("from-file\n", encoding="utf-8")
+    secret = secret_file(tmp_path, "from-file\n")
     got = parse_settings(["run"], {"BRIDGE_ARI_PASSWORD_FILE": str(secret)})
     assert got.ari_password == "from-file"
 
 
 def test_password_flag_wins_over_password_file(tmp_path: Path) -> None:
-    secret = tmp_path / "ari.secret"
-    secret.write_text("from-file\n", encoding="utf-8")
+    secret = secret_file(tmp_path, "from-file\n")
     argv = ["run", "--ari-password", "from-flag", "--ari-password-file", str(secret)]
     assert parse_settings(argv, {}).ari_password == "from-flag"
 
 
 def test_password_file_flag_wins_over_password_in_environment(tmp_path: Path) -> None:
-    secret = tmp_path / "ari.secret"
-    secret.write_text("from-file\n", encoding="utf-8")
+    secret = secret_file(tmp_path, "from-file\n")
     got = settings("--ari-password-file", str(secret), BRIDGE_ARI_PASSWORD="from-env")
     assert got.ari_password == "from-file"
 
 
 def test_password_flag_wins_over_password_file_in_environment(tmp_path: Path) -> None:
-    secret = tmp_path / "ari.secret"
-    secret.write_text("from-file\n", encoding="utf-8")
+    secret = secret_file(tmp_path, "from-file\n")
     got = parse_settings(
         ["run", "--ari-password", "from-flag"], {"BRIDGE_ARI_PASSWORD_FILE": str(secret)}
     )
@@ -152,8 +169,7 @@ def test_no_password_is_a_config_error() -> None:
 
 
 def test_empty_password_file_is_no_password(tmp_path: Path) -> None:
-    secret = tmp_path / "ari.secret"
-    secret.write_text("\n", encoding="utf-8")
+    secret = secret_file(tmp_path, "\n")
     with pytest.raises(ConfigError, match="no ARI password"):
         parse_settings(["run", "--ari-password-file", str(secret)], {})
 
@@ -230,8 +246,16 @@ def test_port_range_without_an_even_port_is_a_config_error() -> None:
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
-        (("--format", "alaw"), "--format must be one of ulaw"),
-        (("--dialect", "exotel"), "--dialect must be one of twilio"),
+        (("--format", "g722"), "--format must be one of ulaw, alaw, slin16"),
+        (("--dialect", "plivo"), "--dialect must be one of twilio, exotel, vonage"),
+        (("--fallback", "transfer"), "--fallback must be one of hangup, continue"),
+        (("--fallback", "continue"), "--fallback continue needs --fallback-context"),
+        (("--playout-reserve-ms", "-1"), "--playout-reserve-ms must not be negative"),
+        (("--max-calls", "-3"), "--max-calls must not be negative"),
+        (("--drain-timeout", "0"), "--drain-timeout must be a positive number"),
+        (("--fallback-priority", "0"), "--fallback-priority must be a positive number"),
+        (("--playout-reserve-ms", "600", "--max-queue-ms", "500"), "smaller than --max-queue-ms"),
+        (("--bot-ca-file", "/nonexistent/ca.pem"), "--bot-ca-file /nonexistent/ca.pem is not"),
         (("--log-format", "xml"), "--log-format must be json or console"),
         (("--log-level", "verbose"), "--log-level must be one of"),
         (("--ari-url", "ws://127.0.0.1:8088"), "--ari-url must start with http:// or https://"),
@@ -254,7 +278,7 @@ def test_bad_values_are_config_errors(flags: tuple[str, str], match: str) -> Non
 
 
 def test_bad_value_from_environment_is_a_config_error() -> None:
-    assert_config_error("--format must be one of ulaw", BRIDGE_FORMAT="slin16")
+    assert_config_error("--format must be one of ulaw, alaw, slin16", BRIDGE_FORMAT="g729")
 
 
 # ---- the ARI URL, with or without /ari ---------------------------------------------------
@@ -311,10 +335,10 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_config_error_exits_2_with_a_message_and_no_traceback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["run", "--ari-password", "x", "--format", "alaw"]) == 2
+    assert main(["run", "--ari-password", "x", "--format", "g729"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "pipecat-bridge: --format must be one of ulaw\n"
+    assert err == "pipecat-bridge: --format must be one of ulaw, alaw, slin16\n"
 
 
 @pytest.mark.usefixtures("clean_environ")
@@ -330,3 +354,43 @@ def test_cli_port_range_without_even_port_exits_2(capsys: pytest.CaptureFixture[
     assert main(["run", "--ari-password", "x", "--rtp-ports", "20001-20001"]) == 2
     err = capsys.readouterr().err
     assert err == "pipecat-bridge: port range 20001-20001 holds no even port\n"
+
+
+# ---- fallback, bot headers ---------------------------------------------------------------
+
+
+def test_fallback_continue_with_a_context() -> None:
+    got = settings("--fallback", "continue", "--fallback-context", "humans")
+    assert (got.fallback, got.fallback_context, got.fallback_extension, got.fallback_priority) == (
+        "continue",
+        "humans",
+        "s",
+        1,
+    )
+
+
+def test_bot_headers_file_is_parsed(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "# token\nAuthorization: Bearer abc:def\n\nX-Tenant:  acme \n")
+    got = settings("--bot-headers-file", str(path))
+    assert got.bot_headers == (("Authorization", "Bearer abc:def"), ("X-Tenant", "acme"))
+
+
+def test_bad_bot_headers_line_is_named_by_number_never_by_text(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "Authorization: Bearer ok\nBearer topsecret\n")
+    with pytest.raises(ConfigError) as info:
+        settings("--bot-headers-file", str(path))
+    assert "line 2" in str(info.value)
+    assert "topsecret" not in str(info.value)
+
+
+def test_world_readable_bot_headers_file_is_refused(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "Authorization: Bearer x\n", 0o644)
+    with pytest.raises(ConfigError, match="world-readable"):
+        settings("--bot-headers-file", str(path))
+
+
+def test_caller_silence_fill_can_be_turned_off() -> None:
+    assert settings().caller_silence_fill is True
+    assert settings("--no-caller-silence-fill").caller_silence_fill is False
+    assert settings(BRIDGE_CALLER_SILENCE_FILL="no").caller_silence_fill is False
+    assert_config_error("BRIDGE_CALLER_SILENCE_FILL must be one of", BRIDGE_CALLER_SILENCE_FILL="x")
