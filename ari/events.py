@@ -75,6 +75,20 @@ class BridgeDestroyed:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaybackFinished:
+    """A playback ended (done, or failed to start): `target_uri` is e.g. "channel:<id>"."""
+
+    playback_id: str
+    target_uri: str
+    state: str
+
+    @property
+    def channel_id(self) -> str | None:
+        kind, _, ident = self.target_uri.partition(":")
+        return ident if kind == "channel" and ident else None
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     type: str
     raw: Mapping[str, Any]
@@ -90,6 +104,7 @@ AriEvent = (
     | ChannelEnteredBridge
     | ChannelLeftBridge
     | BridgeDestroyed
+    | PlaybackFinished
     | UnknownEvent
 )
 
@@ -135,6 +150,16 @@ def _dtmf(d: Mapping[str, Any]) -> ChannelDtmfReceived:
     )
 
 
+def _playback_finished(d: Mapping[str, Any]) -> PlaybackFinished:
+    playback = d.get("playback")
+    if not isinstance(playback, dict):
+        raise AriEventError("PlaybackFinished has no playback object")
+    ident, target, state = (playback.get(k) for k in ("id", "target_uri", "state"))
+    if not (isinstance(ident, str) and ident and isinstance(target, str)):
+        raise AriEventError("PlaybackFinished playback lacks id or target_uri")
+    return PlaybackFinished(ident, target, state if isinstance(state, str) else "")
+
+
 _PARSERS: dict[str, Any] = {
     "StasisStart": _stasis_start,
     "StasisEnd": lambda d: StasisEnd(parse_channel(d.get("channel"))),
@@ -149,6 +174,7 @@ _PARSERS: dict[str, Any] = {
         parse_channel(d.get("channel")), parse_bridge(d.get("bridge"))
     ),
     "BridgeDestroyed": lambda d: BridgeDestroyed(parse_bridge(d.get("bridge"))),
+    "PlaybackFinished": _playback_finished,
 }
 
 

@@ -191,6 +191,14 @@ class AriRestClient:
             {"context": context, "extension": extension, "priority": str(priority)},
         )
 
+    async def play(self, channel_id: str, media: str, playback_id: str) -> None:
+        """Start playing `media` (e.g. sound:sorry) to a channel; it ends with a
+        PlaybackFinished event whose playback id is `playback_id`. Not idempotent: a resend
+        would play twice."""
+        await self.request(
+            "POST", f"/channels/{channel_id}/play", {"media": media, "playbackId": playback_id}
+        )
+
     async def list_channels(self) -> list[Channel]:
         body = await self.request("GET", "/channels", idempotent=True)
         return [_parse(parse_channel, c, "GET", "/channels") for c in body or []]

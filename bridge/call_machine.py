@@ -25,6 +25,7 @@ All transitions go through `_goto`, which checks them against TRANSITIONS.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ari.events import (
@@ -33,6 +34,7 @@ from ari.events import (
     ChannelDestroyed,
     ChannelDtmfReceived,
     ChannelHangupRequest,
+    PlaybackFinished,
     StasisEnd,
     StasisStart,
 )
@@ -48,6 +50,7 @@ from bridge.commands import (
     CommandDone,
     CommandFailed,
     ConnectBot,
+    ContinueInDialplan,
     CreateBridge,
     CreateExternalMedia,
     DeleteBridge,
@@ -58,10 +61,15 @@ from bridge.commands import (
     MediaFailed,
     OpenMedia,
     PlayoutDrained,
+    PlaySound,
     SendDtmf,
     StartMedia,
 )
 from bridge.errors import CallStateError
+
+# The longest a fallback sound may hold the caller before the fallback goes ahead anyway: a
+# PlaybackFinished that never comes (lost with the events socket) must not strand the caller.
+PLAYBACK_CAP = 30.0
 
 
 class CallState(enum.Enum):
@@ -92,6 +100,24 @@ class Res(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Fallback:
+    """Where a caller goes when the bot cannot have it (bot failed, setup failed, bridge full
+    or draining): `hangup`, or `continue` to a dialplan location; optionally after a sound."""
+
+    policy: str = "hangup"
+    context: str = ""
+    extension: str = "s"
+    priority: int = 1
+    sound: str = ""
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("hangup", "continue"):
+            raise ValueError(f"unknown fallback policy {self.policy!r}")
+        if self.policy == "continue" and not self.context:
+            raise ValueError("fallback continue needs a context")
+
+
+@dataclass(frozen=True, slots=True)
 class CallIds:
     call_id: str
     caller_id: str
@@ -113,8 +139,20 @@ MachineInput = (
 
 class CallMachine:
     def __init__(
-        self, ids: CallIds, caller: Channel, bot_url: str, now: float, setup_timeout: float
+        self,
+        ids: CallIds,
+        caller: Channel,
+        bot_url: str,
+        now: float,
+        setup_timeout: float,
+        *,
+        fallback: Fallback | None = None,
+        reject: str = "",
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`reject`: do not set the call up at all, hand the caller straight to the
+        fallback for this reason (bridge full, draining). `clock` (monotonic seconds) is only
+        read to time a fallback sound."""
         self.ids = ids
         self.caller = caller
         self.bot_url = bot_url
@@ -134,7 +172,20 @@ class CallMachine:
         self._bridging = False
         self._hangup_caller = True
         self._bot_said_goodbye = False  # closed normally before the call was up
-        self._emit(Answer(ids.caller_id))
+        self.fallback = fallback or Fallback()
+        self._clock = clock or (lambda: now)
+        self.answered = False
+        self.used_fallback = False
+        # The caller's remaining fallback steps ("answer", "play", "continue", "hangup"), run
+        # one at a time once the bridge is gone (a channel still in our bridge would take the
+        # sound into the bridge, and `continue` must not race the bridge's teardown).
+        self._caller_plan: list[str] = []
+        self._caller_step: Command | None = None
+        self._playback_deadline: float | None = None
+        if reject:
+            self._end(reject, fallback=True)
+        else:
+            self._emit(Answer(ids.caller_id))
 
     # ---- public API -------------------------------------------------------------------
 
@@ -143,11 +194,15 @@ class CallMachine:
         return out
 
     def next_timer(self) -> float | None:
-        return self._setup_deadline if self.state is CallState.SETUP else None
+        if self.state is CallState.SETUP:
+            return self._setup_deadline
+        return self._playback_deadline
 
     def handle_timer(self, now: float) -> None:
         if self.state is CallState.SETUP and now >= self._setup_deadline:
-            self._end("setup timed out")
+            self._end("setup timed out", fallback=True)
+        elif self._playback_deadline is not None and now >= self._playback_deadline:
+            self._playback_done()
 
     def handle(self, event: MachineInput) -> None:
         if self.state is CallState.ENDED:
@@ -164,11 +219,11 @@ class CallMachine:
             if self.state is CallState.DRAINING:
                 self._end("bot ended the call")
         elif isinstance(event, MediaFailed):
-            self._end(f"media failed: {event.reason}")
+            self._end(f"media failed: {event.reason}", fallback=True)
         elif isinstance(event, HangupRequested):
             if event.caller_gone:
                 self._caller_gone()
-            self._end(event.reason)
+            self._end(event.reason, fallback=event.fallback)
         else:
             self._on_ari(event)
 
@@ -185,8 +240,13 @@ class CallMachine:
         elif isinstance(event, ChannelHangupRequest | StasisEnd | ChannelDestroyed):
             self._on_channel_leaving(event.channel.id)
         elif isinstance(event, BridgeDestroyed) and event.bridge.id == self.ids.bridge_id:
-            self.bridge_res = Res.GONE
-            self._end("bridge destroyed")
+            if self.bridge_res is not Res.DELETING:
+                self.bridge_res = Res.GONE
+            self._end("bridge destroyed", fallback=True)
+        elif isinstance(event, PlaybackFinished):
+            step = self._caller_step
+            if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
+                self._playback_done()
 
     def _on_channel_leaving(self, channel_id: str) -> None:
         if channel_id == self.ids.caller_id:
@@ -196,20 +256,37 @@ class CallMachine:
             # Somebody else removed our media channel: the call has no audio path left.
             if self.media_res is Res.UP:
                 self.media_res = Res.GONE
-            self._end("media channel went away")
+            self._end("media channel went away", fallback=True)
 
     def _caller_gone(self) -> None:
         self._hangup_caller = False
-        if self.caller_res is Res.UP:
+        if self.caller_res in (Res.UP, Res.DELETING):
             self.caller_res = Res.GONE
+        if self._caller_plan or self._caller_step is not None:
+            self._caller_plan.clear()
+            self._caller_step = None
+            self._playback_deadline = None
+            self._maybe_finish()
 
     # ---- command results ----------------------------------------------------------------
 
     def _on_done(self, cmd: Command, value: object) -> None:
         self._pending.discard(cmd)
         if isinstance(cmd, Answer):
-            if self.state is CallState.SETUP:
+            self.answered = True
+            if cmd is self._caller_step:
+                self._caller_step_done()
+            elif self.state is CallState.SETUP:
                 self._start_setup()
+        elif isinstance(cmd, PlaySound):
+            # Started: the step ends with its PlaybackFinished, or at the cap.
+            if cmd is self._caller_step:
+                self._playback_deadline = self._clock() + PLAYBACK_CAP
+        elif isinstance(cmd, ContinueInDialplan):
+            if cmd is self._caller_step:
+                self._caller_step = None
+                self._caller_plan.clear()
+                self.caller_res = Res.GONE
         elif isinstance(cmd, OpenMedia):
             self._created("leg_res", CloseMedia())
             if self.state is CallState.SETUP and isinstance(value, str):
@@ -236,6 +313,10 @@ class CallMachine:
     def _on_failed(self, failed: CommandFailed) -> None:
         cmd = failed.command
         self._pending.discard(cmd)
+        if cmd is self._caller_step:
+            self._caller_step_failed(failed)
+            self._maybe_finish()
+            return
         if isinstance(cmd, CreateBridge):
             self.bridge_res = Res.GONE
         elif isinstance(cmd, CreateExternalMedia):
@@ -253,7 +334,8 @@ class CallMachine:
         elif isinstance(cmd, ConnectBot):
             self.bot_res = Res.GONE
         if not isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
-            self._end(f"{type(cmd).__name__} failed: {failed.error}")
+            self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True)
+        self._advance_caller()
         self._maybe_finish()
 
     def _created(self, attr: str, delete: Command) -> None:
@@ -313,11 +395,13 @@ class CallMachine:
         elif was_up and event.code == 1000 and self.state is CallState.SETUP:
             self._bot_said_goodbye = True
         elif self.state in (CallState.SETUP, CallState.UP):
-            self._end(f"bot closed abnormally (code {event.code} {event.reason})".rstrip())
+            self._end(
+                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(), fallback=True
+            )
 
     # ---- teardown -----------------------------------------------------------------------
 
-    def _end(self, reason: str) -> None:
+    def _end(self, reason: str, *, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
         self.end_reason = reason
@@ -328,10 +412,71 @@ class CallMachine:
         self._teardown("media_res", HangupChannel(self.ids.media_channel_id))
         if self._hangup_caller and self.caller_res is Res.UP:
             self.caller_res = Res.DELETING
-            self._emit_teardown(HangupChannel(self.ids.caller_id))
+            self._caller_plan = self._plan_for_caller(fallback)
+            self.used_fallback = fallback
+            self._advance_caller()
         self._teardown("bridge_res", DeleteBridge(self.ids.bridge_id))
         self._teardown("leg_res", CloseMedia())
+        self._advance_caller()
         self._maybe_finish()
+
+    # ---- the caller's way out -----------------------------------------------------------
+
+    def _plan_for_caller(self, fallback: bool) -> list[str]:
+        if not fallback:
+            return ["hangup"]
+        plan = []
+        if self.fallback.sound:
+            plan = ["play"] if self.answered else ["answer", "play"]
+        plan.append("continue" if self.fallback.policy == "continue" else "hangup")
+        return plan
+
+    def _advance_caller(self) -> None:
+        """Issue the caller's next step, once nothing of ours still holds the caller."""
+        if self._caller_step is not None or not self._caller_plan:
+            return
+        if self._caller_plan[0] != "hangup" and self.bridge_res not in (Res.NONE, Res.GONE):
+            return  # the bridge's delete (or creation) is still in flight
+        step = self._caller_plan.pop(0)
+        caller = self.ids.caller_id
+        cmd: Command
+        if step == "answer":
+            cmd = Answer(caller)
+        elif step == "play":
+            cmd = PlaySound(caller, self.fallback.sound, f"{self.ids.call_id}-fallback")
+        elif step == "continue":
+            fb = self.fallback
+            cmd = ContinueInDialplan(caller, fb.context, fb.extension, fb.priority)
+        else:
+            cmd = HangupChannel(caller)
+        self._caller_step = cmd
+        self._emit_teardown(cmd)
+
+    def _caller_step_done(self) -> None:
+        self._caller_step = None
+        self._advance_caller()
+
+    def _playback_done(self) -> None:
+        self._playback_deadline = None
+        if isinstance(self._caller_step, PlaySound):
+            self._pending.discard(self._caller_step)
+            self._caller_step_done()
+        self._maybe_finish()
+
+    def _caller_step_failed(self, failed: CommandFailed) -> None:
+        step, self._caller_step = self._caller_step, None
+        if failed.status == 404:
+            # The caller is gone already: nothing left to hand over.
+            self._caller_plan.clear()
+            self.caller_res = Res.GONE
+            return
+        if isinstance(step, HangupChannel):
+            self.caller_res = Res.GONE  # final either way, as for our own channels
+            return
+        if isinstance(step, ContinueInDialplan):
+            # A bad fallback location must not strand the caller in silence: hang up.
+            self._caller_plan = ["hangup"]
+        self._advance_caller()
 
     def _teardown(self, attr: str, delete: Command) -> None:
         res = getattr(self, attr)
@@ -341,6 +486,11 @@ class CallMachine:
             setattr(self, attr, Res.DELETING)
 
     def _teardown_done(self, cmd: Command) -> None:
+        if cmd is self._caller_step:
+            self._caller_step = None
+            if isinstance(cmd, HangupChannel):
+                self.caller_res = Res.GONE
+            return
         if isinstance(cmd, HangupChannel):
             if cmd.channel_id == self.ids.caller_id:
                 self.caller_res = Res.GONE
@@ -348,6 +498,7 @@ class CallMachine:
                 self.media_res = Res.GONE
         elif isinstance(cmd, DeleteBridge):
             self.bridge_res = Res.GONE
+            self._advance_caller()
         elif isinstance(cmd, CloseMedia):
             self.leg_res = Res.GONE
         elif isinstance(cmd, CloseBot):
@@ -355,6 +506,8 @@ class CallMachine:
 
     def _maybe_finish(self) -> None:
         if self.state is not CallState.ENDING or self._pending:
+            return
+        if self._caller_plan or self._caller_step is not None:
             return
         # With no delete pending, a resource still CREATING/DELETING is a creation in flight:
         # its answer will tell whether there is something left to delete.

@@ -86,6 +86,25 @@ class CloseMedia:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class PlaySound:
+    """Fallback: play `media` to the caller; done when its PlaybackFinished arrives."""
+
+    channel_id: str
+    media: str
+    playback_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ContinueInDialplan:
+    """Fallback: hand the caller back to the dialplan (it leaves the Stasis app)."""
+
+    channel_id: str
+    context: str
+    extension: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Finished:
     """Everything the call created is gone; the runner drops the call."""
 
@@ -106,6 +125,8 @@ Command = (
     | HangupChannel
     | DeleteBridge
     | CloseMedia
+    | PlaySound
+    | ContinueInDialplan
     | Finished
 )
 
@@ -152,3 +173,4 @@ class HangupRequested:
 
     reason: str
     caller_gone: bool = False
+    fallback: bool = False  # hand the caller to the fallback instead of hanging up

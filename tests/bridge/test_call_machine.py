@@ -38,7 +38,7 @@ from tests.recordings import raw_events, rest_exchanges
 class Harness:
     """Feeds one recorded scenario into a machine, answering its commands on demand."""
 
-    def __init__(self, scenario: str = "basic_ulaw") -> None:
+    def __init__(self, scenario: str = "basic_ulaw", **machine_kwargs: object) -> None:
         self.raw = list(raw_events(scenario))
         first = parse_event(self.raw[0])
         assert isinstance(first, StasisStart)
@@ -50,7 +50,15 @@ class Harness:
         self.recorded_em_id = em_response["body"]["id"]
         self.em_channel = parse_channel({**em_response["body"], "id": self.ids.media_channel_id})
         self.now = 0.0
-        self.machine = CallMachine(self.ids, self.caller, "ws://bot/ws", self.now, 10.0)
+        self.machine = CallMachine(
+            self.ids,
+            self.caller,
+            "ws://bot/ws",
+            self.now,
+            10.0,
+            clock=lambda: self.now,
+            **machine_kwargs,  # type: ignore[arg-type]
+        )
         self.log: list[Command] = []
 
     def take(self) -> list[Command]:
