@@ -62,7 +62,7 @@ def playback_finished(playback_id: str, channel_id: str) -> PlaybackFinished:
 
 
 def fail_bot_during_setup(h: Harness) -> list[Command]:
-    open_media, bridge, bot = h.answered()
+    _open_media, bridge, bot = h.answered()
     assert isinstance(bot, ConnectBot)
     h.done(bridge)
     h.machine.handle(CommandFailed(bot, "connection refused"))
@@ -219,7 +219,7 @@ def test_a_caller_gone_before_continue_needs_no_handover() -> None:
 
 def test_setup_timeout_uses_the_fallback() -> None:
     h = Harness(fallback=HUMANS)
-    open_media, bridge, bot = h.answered()
+    open_media, bridge, _bot = h.answered()
     h.machine.handle_timer(10.0)
     out = h.take()
     assert any(isinstance(c, CloseBot) for c in out)
@@ -228,7 +228,9 @@ def test_setup_timeout_uses_the_fallback() -> None:
         h.done(cmd, "127.0.0.1:31000" if isinstance(cmd, OpenMedia) else None)
     out = h.take()
     (delete,) = [c for c in out if isinstance(c, DeleteBridge)]
-    answer_all(h, [c for c in out if c is not delete] + [c for c in h.log if isinstance(c, CloseBot)])
+    answer_all(
+        h, [c for c in out if c is not delete] + [c for c in h.log if isinstance(c, CloseBot)]
+    )
     h.done(delete)
     (cont,) = h.take()
     assert isinstance(cont, ContinueInDialplan)
@@ -236,7 +238,7 @@ def test_setup_timeout_uses_the_fallback() -> None:
 
 def test_a_failed_bridge_creation_lets_the_fallback_go_on() -> None:
     h = Harness(fallback=HUMANS)
-    open_media, bridge, bot = h.answered()
+    _open_media, bridge, _bot = h.answered()
     h.machine.handle(CommandFailed(bridge, "Internal Server Error", 500))
     out = h.take()
     (cont,) = [c for c in out if isinstance(c, ContinueInDialplan)]
