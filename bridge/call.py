@@ -17,7 +17,7 @@ from ari.events import AriEvent
 from ari.models import Channel
 from ari.rest import AriRestClient
 from bridge.bot_ws import BotConnection
-from bridge.call_machine import CallIds, CallMachine, MachineInput
+from bridge.call_machine import CallIds, CallMachine, Fallback, MachineInput
 from bridge.commands import (
     AddChannels,
     Answer,
@@ -29,6 +29,7 @@ from bridge.commands import (
     CommandDone,
     CommandFailed,
     ConnectBot,
+    ContinueInDialplan,
     CreateBridge,
     CreateExternalMedia,
     DeleteBridge,
@@ -38,11 +39,13 @@ from bridge.commands import (
     MediaFailed,
     OpenMedia,
     PlayoutDrained,
+    PlaySound,
     SendDtmf,
     StartMedia,
 )
 from bridge.dialects.base import BotAudio, BotClear, BotDialect, BotIgnored, BotMark, CallInfo
 from bridge.errors import AriHttpError, BotProtocolError, BridgeError
+from bridge.logs import redact_url
 from bridge.media import MediaLeg
 
 
@@ -63,6 +66,8 @@ class Call:
         setup_timeout: float,
         on_finished: Callable[[Call], None],
         log: Any,
+        fallback: Fallback | None = None,
+        reject: str = "",
     ) -> None:
         self.ids = ids
         self.log = log
@@ -83,7 +88,16 @@ class Call:
         self.bot_bad_messages = 0
         self.bot_audio_bytes = 0
         self.dtmf_sent = 0
-        self.machine = CallMachine(ids, caller, bot_url, self._loop.time(), setup_timeout)
+        self.machine = CallMachine(
+            ids,
+            caller,
+            bot_url,
+            self._loop.time(),
+            setup_timeout,
+            fallback=fallback,
+            reject=reject,
+            clock=self._loop.time,
+        )
         self.leg = leg_factory(self)
         self.finished = self._loop.create_future()
 
@@ -92,7 +106,11 @@ class Call:
         return self.machine.state.value
 
     def start(self) -> None:
-        self.log.info("call_started", bot_url=self.machine.bot_url)
+        if self.machine.state.value == "ending":
+            self.log.warning("call_rejected", reason=self.machine.end_reason,
+                             fallback=self.machine.fallback.policy)
+        else:
+            self.log.info("call_started", bot_url=redact_url(self.machine.bot_url))
         self._pump()
 
     def feed(self, event: AriEvent | MachineInput) -> None:
@@ -151,6 +169,17 @@ class Call:
             self._spawn(cmd, rest.hangup(cmd.channel_id))
         elif isinstance(cmd, DeleteBridge):
             self._spawn(cmd, rest.delete_bridge(cmd.bridge_id))
+        elif isinstance(cmd, PlaySound):
+            self.log.info("fallback_sound", media=cmd.media)
+            self._spawn(cmd, rest.play(cmd.channel_id, cmd.media, cmd.playback_id))
+        elif isinstance(cmd, ContinueInDialplan):
+            self.log.info("fallback_continue", context=cmd.context, extension=cmd.extension,
+                          priority=cmd.priority)
+            self._spawn(
+                cmd,
+                rest.continue_in_dialplan(cmd.channel_id, cmd.context, cmd.extension,
+                                          cmd.priority),
+            )
         elif isinstance(cmd, CloseMedia):
             self.leg.close()
             self.machine.handle(CommandDone(cmd))
@@ -306,6 +335,7 @@ class Call:
         self.log.info(
             "call_ended",
             reason=finished.reason,
+            fallback=self.machine.fallback.policy if self.machine.used_fallback else None,
             duration_s=round(time.monotonic() - self.started_at, 3),
             bot_audio_bytes=self.bot_audio_bytes,
             bot_sent=bot.sent if bot else 0,

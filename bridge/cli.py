@@ -17,23 +17,49 @@ log = get_logger("bridge.cli")
 
 
 async def serve(settings: Settings) -> None:
-    """Run the controller until SIGTERM or SIGINT, then clean up and return."""
+    """Run the controller until SIGTERM or SIGINT, then clean up and return.
+
+    The first signal drains: new callers get the fallback, calls in progress go on for up to
+    --drain-timeout, then the rest are hung up. A second signal skips the wait: every call is
+    hung up now. Either way everything is cleaned up before this returns (exit 0)."""
     controller = Controller(settings)
     loop = asyncio.get_running_loop()
     task = loop.create_task(controller.run())
+    stopper = _Stopper(controller, task, settings.drain_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, task, sig)
+        loop.add_signal_handler(sig, stopper.on_signal, sig)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        stopper.cancel()
 
 
-def _on_signal(task: asyncio.Task[None], sig: signal.Signals) -> None:
-    log.info("signal_received", signal=sig.name)
-    task.cancel()
+class _Stopper:
+    def __init__(self, controller: Controller, task: asyncio.Task[None], drain_s: float) -> None:
+        self._controller = controller
+        self._task = task
+        self._drain_s = drain_s
+        self._drain: asyncio.Task[None] | None = None
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        if self._drain is None:
+            log.info("signal_received", signal=sig.name, action="drain",
+                     drain_timeout_s=self._drain_s)
+            self._drain = asyncio.get_running_loop().create_task(self._drain_then_stop())
+        else:
+            log.info("signal_received", signal=sig.name, action="stop now")
+            self._task.cancel()
+
+    async def _drain_then_stop(self) -> None:
+        await self._controller.drain(self._drain_s)
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import uuid
 from typing import Any
 
-from ari.events import AriEvent, BridgeDestroyed, StasisStart, UnknownEvent
+from ari.events import AriEvent, BridgeDestroyed, PlaybackFinished, StasisStart, UnknownEvent
 from ari.events_socket import AriEventsSocket, events_url
+from ari.models import Channel
 from ari.rest import AriRestClient
 from bridge.bot_url import resolve_bot_url
 from bridge.call import Call
-from bridge.call_machine import CallIds
+from bridge.call_machine import CallIds, Fallback
 from bridge.commands import HangupRequested
 from bridge.config import Settings
 from bridge.dialects.base import CallInfo
@@ -30,6 +32,10 @@ from bridge.ticker import Ticker
 from rtp.formats import format_by_name
 
 log = get_logger("bridge")
+
+# How long a caller found waiting in the app, unknown to us, may still turn out to be one
+# whose StasisStart is just behind the listing on the events socket.
+ORPHAN_GRACE = 1.0
 
 
 class Controller:
@@ -51,6 +57,20 @@ class Controller:
             self._on_events_connected,
         )
         self.calls_total = 0
+        self.calls_rejected = 0
+        self.swept = 0  # leftovers of earlier runs deleted
+        self._active: set[str] = set()  # call ids that were not rejected
+        self.draining = False
+        self._fallback = Fallback(
+            settings.fallback,
+            settings.fallback_context,
+            settings.fallback_extension,
+            settings.fallback_priority,
+            settings.fallback_sound,
+        )
+        self._resync_task: asyncio.Task[None] | None = None
+        self.resyncs = 0
+        self.resynced = asyncio.Event()
         self.all_idle = asyncio.Event()
         self.all_idle.set()
 
@@ -67,14 +87,36 @@ class Controller:
             rtp=f"{self.settings.rtp_host}:{self.settings.rtp_ports[0]}-"
             f"{self.settings.rtp_ports[1]}",
             format=self.settings.format,
+            dialect=self.settings.dialect,
+            fallback=self._fallback.policy,
+            max_calls=self.settings.max_calls or self.pool.size,
         )
+        if _is_wildcard(self.settings.rtp_host):
+            log.warning(
+                "rtp_host_wildcard",
+                rtp_host=self.settings.rtp_host,
+                hint="RTP sockets listen on every interface; bind the Asterisk-facing address",
+            )
         try:
             await self.events.run()
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self.shutdown())
 
+    async def drain(self, seconds: float) -> None:
+        """Stop taking calls (new callers get the fallback); let the calls in progress go on
+        for up to `seconds`. The caller of drain() then stops the service."""
+        self.draining = True
+        log.info("drain_started", calls=len(self._active), timeout_s=seconds)
+        if self.calls:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.all_idle.wait(), seconds)
+        log.info("drain_finished", calls_left=len(self._active))
+
     async def shutdown(self, grace: float = 5.0) -> None:
+        self.draining = True
+        if self._resync_task is not None:
+            self._resync_task.cancel()
         for call in list(self.calls.values()):
             call.feed(HangupRequested("bridge shutting down"))
         if self.calls:
@@ -82,7 +124,12 @@ class Controller:
                 await asyncio.wait_for(self.all_idle.wait(), grace)
         await self.events.close()
         await self.rest.close()
-        log.info("bridge_stopped", calls_total=self.calls_total, calls_left=len(self.calls))
+        log.info(
+            "bridge_stopped",
+            calls_total=self.calls_total,
+            calls_rejected=self.calls_rejected,
+            calls_left=len(self.calls),
+        )
 
     # ---- events -------------------------------------------------------------------------
 
@@ -94,7 +141,7 @@ class Controller:
                 log.warning("foreign_media_channel", channel_id=event.channel.id,
                             name=event.channel.name)
             elif event.channel.id not in self._by_channel:
-                self._new_call(event)
+                self._new_call(event.channel, event.args, reject=self._admission())
             return
         call = self._route(event)
         if call is not None:
@@ -103,6 +150,9 @@ class Controller:
     def _route(self, event: AriEvent) -> Call | None:
         if isinstance(event, BridgeDestroyed):
             return self._by_bridge.get(event.bridge.id)
+        if isinstance(event, PlaybackFinished):
+            channel_id = event.channel_id
+            return self._by_channel.get(channel_id) if channel_id else None
         channel = getattr(event, "channel", None)
         return self._by_channel.get(channel.id) if channel is not None else None
 
@@ -110,25 +160,93 @@ class Controller:
         return channel_id.startswith(self.settings.id_prefix)
 
     async def _on_events_connected(self) -> None:
-        """Nothing is replayed after a reconnect: end the calls whose caller left meanwhile."""
-        if not self.calls:
-            return
+        """Asterisk replays nothing after a reconnect (asterisk-facts §16): ask it what exists
+        and reconcile. Run beside the event stream, not in front of it."""
+        if self._resync_task is not None and not self._resync_task.done():
+            self._resync_task.cancel()
+        self._resync_task = asyncio.get_running_loop().create_task(self._resync())
+
+    async def _resync(self) -> None:
         try:
-            app = await self.rest.application(self.settings.app)
+            await self._reconcile()
         except BridgeError as exc:
             log.warning("resync_failed", error=str(exc))
-            return
-        present = set(app.get("channel_ids") or [])
+        except Exception:
+            log.exception("resync_crashed")
+        finally:
+            self.resyncs += 1
+            self.resynced.set()
+
+    async def _reconcile(self) -> None:
+        s = self.settings
+        in_app, channels, bridges = await self._listing()
+        channel_ids = {c.id for c in channels}
+        bridge_ids = {b.id for b in bridges}
+        # 1. Our calls: a caller gone while we were deaf ends its call; a call whose bridge or
+        #    media channel is gone (Asterisk restarted) cannot carry audio any more.
         for call in list(self.calls.values()):
-            if call.ids.caller_id not in present and call.state in ("setup", "up", "draining"):
+            if call.state not in ("setup", "up", "draining"):
+                continue
+            if call.ids.caller_id not in in_app:
                 call.log.info("resync_caller_gone")
                 call.feed(HangupRequested("caller left while events were down", caller_gone=True))
+            elif call.state != "setup" and call.ids.call_id in self._active and (
+                call.ids.bridge_id not in bridge_ids or call.ids.media_channel_id not in channel_ids
+            ):
+                call.log.warning("resync_media_path_gone")
+                call.feed(HangupRequested("bridge or media channel gone", fallback=True))
+        # 2. What an earlier run of this service left behind (crash, kill -9).
+        for bridge_id in sorted(bridge_ids):
+            if bridge_id.startswith(f"{s.id_prefix}br-") and bridge_id not in self._by_bridge:
+                await self._sweep("bridge", bridge_id, self.rest.delete_bridge)
+        for channel in channels:
+            if channel.id.startswith(f"{s.id_prefix}em-") and channel.id not in self._by_channel:
+                await self._sweep("channel", channel.id, self.rest.hangup)
+        # 3. Callers waiting in the app that nobody serves: an earlier run took them and died.
+        orphans = {c.id for c in channels if c.id in in_app and self._is_orphan(c)}
+        if not orphans:
+            return
+        await asyncio.sleep(ORPHAN_GRACE)
+        in_app, channels, _bridges = await self._listing()
+        for channel in channels:
+            if channel.id in in_app and channel.id in orphans and self._is_orphan(channel):
+                log.warning("orphan_caller", channel_id=channel.id)
+                self._new_call(channel, (), reject="left waiting by an earlier run")
+
+    async def _listing(self) -> tuple[set[str], list[Channel], list[Any]]:
+        app = await self.rest.application(self.settings.app)
+        in_app = {c for c in app.get("channel_ids") or [] if isinstance(c, str)}
+        return in_app, await self.rest.list_channels(), await self.rest.list_bridges()
+
+    def _is_orphan(self, channel: Channel) -> bool:
+        return (
+            not self._is_ours(channel.id)
+            and not channel.is_media_channel
+            and channel.id not in self._by_channel
+        )
+
+    async def _sweep(self, kind: str, ident: str, delete: Any) -> None:
+        try:
+            await delete(ident)
+        except BridgeError as exc:
+            log.warning("sweep_failed", kind=kind, id=ident, error=str(exc))
+            return
+        self.swept += 1
+        log.info("swept_leftover", kind=kind, id=ident)
 
     # ---- calls --------------------------------------------------------------------------
 
-    def _new_call(self, event: StasisStart) -> None:
+    def _admission(self) -> str:
+        """Why a new caller cannot be taken now, or "" if it can."""
+        if self.draining:
+            return "bridge draining"
+        limit = min(self.settings.max_calls or self.pool.size, self.pool.size)
+        if len(self._active) >= limit:
+            return "no free RTP port" if limit == self.pool.size else "max calls reached"
+        return ""
+
+    def _new_call(self, caller: Channel, args: tuple[str, ...], reject: str = "") -> None:
         s = self.settings
-        caller = event.channel
         call_id = uuid.uuid4().hex
         ids = CallIds(
             call_id=call_id,
@@ -142,7 +260,7 @@ class Controller:
             "caller": caller.caller_number,
             "called": caller.exten,
         }
-        bot_url = resolve_bot_url(s.bot_url, event.args, values)
+        bot_url = resolve_bot_url(s.bot_url, args, values)
         info = CallInfo(call_id, caller.id, caller.caller_number, caller.exten)
         call_log = log.bind(call_id=call_id, channel_id=caller.id)
         call = Call(
@@ -159,12 +277,18 @@ class Controller:
             setup_timeout=s.setup_timeout,
             on_finished=self._call_finished,
             log=call_log,
+            fallback=self._fallback,
+            reject=reject,
         )
         self.calls[call_id] = call
         self._by_channel[ids.caller_id] = call
-        self._by_channel[ids.media_channel_id] = call
-        self._by_bridge[ids.bridge_id] = call
-        self.calls_total += 1
+        if reject:
+            self.calls_rejected += 1
+        else:
+            self._active.add(call_id)
+            self._by_channel[ids.media_channel_id] = call
+            self._by_bridge[ids.bridge_id] = call
+            self.calls_total += 1
         self.all_idle.clear()
         call.start()
 
@@ -184,6 +308,7 @@ class Controller:
 
     def _call_finished(self, call: Call) -> None:
         self.calls.pop(call.ids.call_id, None)
+        self._active.discard(call.ids.call_id)
         for channel_id in (call.ids.caller_id, call.ids.media_channel_id):
             if self._by_channel.get(channel_id) is call:
                 del self._by_channel[channel_id]
@@ -191,3 +316,10 @@ class Controller:
             del self._by_bridge[call.ids.bridge_id]
         if not self.calls:
             self.all_idle.set()
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False

@@ -51,6 +51,8 @@ async def running_rig(
         try:
             await asyncio.wait_for(controller.events.connected.wait(), 5)
             await asyncio.wait_for(sim.wait_app_active(), 5)
+            # The start-up sweep reads what exists; calls placed after it see a quiet bridge.
+            await asyncio.wait_for(controller.resynced.wait(), 5)
             yield Rig(sim, bot, controller, task)
         finally:
             task.cancel()
