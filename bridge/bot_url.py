@@ -1,11 +1,16 @@
-"""Which bot a call goes to: the --bot-url template, or a ws:// URL given as a Stasis argument
-(`Stasis(pipecat,ws://host/path)`), with {call_id} {channel_id} {caller} {called} filled in."""
+"""Which bot a call goes to, and in which dialect.
+
+The URL: the --bot-url template, or a ws:// URL given as a Stasis argument
+(`Stasis(pipecat,ws://host/path)`), with {call_id} {channel_id} {caller} {called} filled in.
+The dialect: --dialect, overridden by a `#dialect=NAME` fragment on the chosen URL (a
+fragment never goes on the wire, so it is the bridge's own), overridden by a Stasis argument
+`dialect=NAME` (`Stasis(pipecat,dialect=vonage)`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urldefrag
 
 # Exactly {call_id}, {channel_id}, {caller} or {called}; every other brace is plain text.
 _PLACEHOLDER = re.compile(r"\{(call_id|channel_id|caller|called)\}")
@@ -29,3 +34,30 @@ def render_bot_url(template: str, values: Mapping[str, str]) -> str:
 
 def resolve_bot_url(default_template: str, args: Sequence[str], values: Mapping[str, str]) -> str:
     return render_bot_url(bot_url_from_args(args) or default_template, values)
+
+
+def split_dialect(url: str) -> tuple[str, str | None]:
+    """The URL without a `#dialect=NAME` fragment, and NAME (None when there is none). Any
+    other fragment is dropped too: the WebSocket handshake never sends one."""
+    base, fragment = urldefrag(url)
+    for part in fragment.split("&"):
+        key, _, value = part.partition("=")
+        if key == "dialect" and value:
+            return base, value
+    return base, None
+
+
+def dialect_from_args(args: Sequence[str]) -> str | None:
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.strip() == "dialect" and value.strip():
+            return value.strip()
+    return None
+
+
+def resolve_bot(
+    default_template: str, default_dialect: str, args: Sequence[str], values: Mapping[str, str]
+) -> tuple[str, str]:
+    """(bot URL, dialect name) for one call; the name is not checked here."""
+    url, from_url = split_dialect(resolve_bot_url(default_template, args, values))
+    return url, dialect_from_args(args) or from_url or default_dialect

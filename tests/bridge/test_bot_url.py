@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.bot_url import bot_url_from_args, render_bot_url, resolve_bot_url
+from bridge.bot_url import (
+    bot_url_from_args,
+    render_bot_url,
+    resolve_bot,
+    resolve_bot_url,
+    split_dialect,
+)
 
 VALUES = {
     "call_id": "pcb-1795313560.0",
@@ -164,3 +170,37 @@ def test_args_give_a_url_only_when_one_is_there(args: list[str]) -> None:
     found = bot_url_from_args(args)
     urls = [a for a in args if a.startswith(("ws://", "wss://"))]
     assert found == (urls[0] if urls else None)
+
+
+# ---- the dialect -------------------------------------------------------------------------
+
+
+def test_dialect_defaults_to_the_setting() -> None:
+    assert resolve_bot("ws://bot/ws", "twilio", [], VALUES) == ("ws://bot/ws", "twilio")
+
+
+def test_url_fragment_picks_the_dialect_and_is_not_sent() -> None:
+    got = resolve_bot("ws://bot/{called}#dialect=vonage", "twilio", [], VALUES)
+    assert got == ("ws://bot/100", "vonage")
+
+
+def test_stasis_argument_beats_the_url_fragment() -> None:
+    args = ["wss://other/ws#dialect=exotel", "dialect=vonage"]
+    assert resolve_bot("ws://bot/ws", "twilio", args, VALUES) == ("wss://other/ws", "vonage")
+
+
+def test_fragment_of_a_stasis_url_argument_counts() -> None:
+    got = resolve_bot("ws://bot/ws", "twilio", ["ws://b2/x?k=v#dialect=exotel"], VALUES)
+    assert got == ("ws://b2/x?k=v", "exotel")
+
+
+def test_other_fragments_are_dropped_without_picking_a_dialect() -> None:
+    assert split_dialect("ws://bot/ws#foo") == ("ws://bot/ws", None)
+    assert split_dialect("ws://bot/ws#dialect=") == ("ws://bot/ws", None)
+
+
+@given(st.lists(any_text, max_size=4))
+def test_any_stasis_arguments_resolve_without_error(args: list[str]) -> None:
+    url, dialect = resolve_bot("ws://bot/ws", "twilio", args, VALUES)
+    assert "#" not in url
+    assert dialect
