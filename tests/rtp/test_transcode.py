@@ -256,7 +256,8 @@ def test_upsampling_leaves_no_image() -> None:
 @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (16000, 8000)])
 def test_agrees_with_soxr_one_shot_on_telephone_band_audio(in_rate: int, out_rate: int) -> None:
     """Band-limited noise (300-3400 Hz, what a call carries) resampled 20 ms at a time
-    matches soxr's very-high-quality one-shot resampling to better than 50 dB SNR."""
+    matches soxr's very-high-quality one-shot resampling to better than 60 dB SNR
+    (measured: 73.5 dB up, 70.5 dB down)."""
     rng = np.random.default_rng(7)
     spectrum = np.fft.rfft(rng.normal(0, 3000, in_rate))
     freqs = np.fft.rfftfreq(in_rate, 1 / in_rate)
@@ -271,7 +272,7 @@ def test_agrees_with_soxr_one_shot_on_telephone_band_audio(in_rate: int, out_rat
     middle = slice(out_rate // 20, -out_rate // 20)  # both ends are edge transients
     noise = ours[middle] - reference[middle]
     snr = 10 * math.log10(np.mean(reference[middle] ** 2) / np.mean(noise**2))
-    assert snr > 50
+    assert snr > 60
 
 
 def test_resampler_refuses_a_non_conversion() -> None:
