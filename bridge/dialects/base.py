@@ -6,6 +6,10 @@ DTMF into messages for the bot, and the bot's messages into events for the bridg
 I/O and never reads the clock; the WebSocket adapter sends what it returns and feeds it what
 arrives.
 
+Its `audio` (an rtp.transcode.AudioSpec) is the encoding and rate it carries both ways:
+encode_audio() takes bytes in that spec and decode() gives BotAudio in it. Converting from
+and to the call's RTP format is the bridge's job (rtp.transcode.Transcoder), not the dialect's.
+
     bridge -> bot:  opening_messages(), encode_audio() per RTP payload, encode_dtmf(),
                     encode_mark() once a bot mark has been played, closing_messages()
     bot -> bridge:  decode(message) -> BotAudio | BotClear | BotMark | BotIgnored,
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, TypeAlias
 
 from bridge.errors import BotProtocolError
+from rtp.transcode import AudioSpec
 
 # Largest bot message accepted, in characters (text) or bytes (binary). Also the WebSocket
 # adapter's max_size. Pipecat's biggest message is the 2 s of end silence it sends before
@@ -30,6 +36,9 @@ from bridge.errors import BotProtocolError
 MAX_BOT_MESSAGE = 1 << 20
 
 BotMessage: TypeAlias = str | bytes
+
+# Digits the telephony dialects may carry. Pipecat accepts 0-9 * # and drops A-D itself.
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +65,8 @@ class CallInfo:
 
 @dataclass(frozen=True, slots=True)
 class BotAudio:
-    """Audio from the bot, in the call's RTP format (µ-law 8 kHz for twilio), any length."""
+    """Audio from the bot, any length, in its dialect's `audio` spec (µ-law 8 kHz for twilio,
+    PCM16 little-endian for exotel and vonage), not yet in the call's RTP format."""
 
     payload: bytes
 
@@ -96,12 +106,17 @@ class BotDialect(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def audio(self) -> AudioSpec:
+        """The audio this dialect carries, both ways: encode_audio() input, BotAudio payload."""
+        ...
+
     def opening_messages(self, info: CallInfo) -> list[BotMessage]:
         """The messages to send right after connecting, before any audio."""
         ...
 
     def encode_audio(self, payload: bytes) -> BotMessage:
-        """One message carrying one RTP payload of the caller's audio."""
+        """One message carrying one chunk (normally 20 ms) of the caller's audio, in `audio`."""
         ...
 
     def encode_dtmf(self, digit: str) -> BotMessage | None:
@@ -122,6 +137,30 @@ class BotDialect(Protocol):
 
 
 # Helpers for dialects that speak JSON text.
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, as the telephony providers send it."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def stable_sid(prefix: str, salt: str, value: str) -> str:
+    """A SID shaped like Twilio's and Exotel's: two letters and 32 hex digits, stable for a
+    given value, so the same call shows the same SIDs in every log."""
+    digest = hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()
+    return prefix + digest[:32]
+
+
+def call_parameters(info: CallInfo) -> dict[str, str]:
+    """What the bot is told about the call: its own fields, then the custom parameters; the
+    call's own fields win over a custom parameter of the same name."""
+    parameters = {
+        "call_id": info.call_id,
+        "channel_id": info.channel_id,
+        "from_number": info.caller,
+        "to_number": info.called,
+    }
+    return parameters | {k: v for k, v in info.custom.items() if k not in parameters}
 
 
 def load_json_object(message: BotMessage, dialect: str) -> dict[str, Any]:
@@ -161,3 +200,26 @@ def decode_base64(text: str, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BotProtocolError(f"{what} is not valid base64: {exc}") from None
+
+
+def decode_stream_event(message: BotMessage, dialect: str, ignored: frozenset[str]) -> BotEvent:
+    """A bot message of a Twilio-style media-stream dialect (twilio, exotel): `media` with a
+    base64 payload, `clear`, `mark`; the provider's own events in `ignored` are BotIgnored."""
+    obj = load_json_object(message, dialect)
+    if "event" not in obj:
+        raise BotProtocolError("message has no 'event'")
+    event = obj["event"]
+    if not isinstance(event, str):
+        raise BotProtocolError(f"'event' is a JSON {type(event).__name__}, not a string")
+    if event == "media":
+        media = require_object(obj, "media", "media event")
+        payload = require_str(media, "payload", "media event's 'media'")
+        return BotAudio(decode_base64(payload, "media.payload"))
+    if event == "clear":
+        return BotClear()
+    if event == "mark":
+        mark = require_object(obj, "mark", "mark event")
+        return BotMark(require_str(mark, "name", "mark event's 'mark'"))
+    if event in ignored:
+        return BotIgnored(f"{dialect} {event!r} event is not used by the bridge")
+    raise BotProtocolError(f"unknown event {event[:64]!r}")

@@ -20,30 +20,22 @@ The SIDs are derived from the call id, so the same call shows the same SIDs in e
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 from typing import Any
 
 from bridge.dialects.base import (
-    BotAudio,
-    BotClear,
+    DTMF_DIGITS,
     BotEvent,
-    BotIgnored,
-    BotMark,
     BotMessage,
     CallInfo,
-    decode_base64,
-    load_json_object,
-    require_object,
-    require_str,
+    call_parameters,
+    decode_stream_event,
+    dumps,
+    stable_sid,
 )
-from bridge.errors import BotProtocolError
+from rtp.transcode import AudioSpec
 
 SAMPLE_RATE = 8000
 BYTES_PER_MS = SAMPLE_RATE // 1000  # µ-law: one byte per sample
-
-# Digits a Twilio `dtmf` event may carry. Pipecat accepts 0-9 * # and drops A-D itself.
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 # Events Twilio defines that a bot may echo or send but that mean nothing to the bridge.
 IGNORED_EVENTS = frozenset({"connected", "start", "stop", "dtmf"})
@@ -59,20 +51,11 @@ _MEDIA_TEMPLATE = (
 )
 
 
-def _sid(prefix: str, salt: str, value: str) -> str:
-    """A Twilio-shaped SID: two letters and 32 hex digits, stable for a given value."""
-    digest = hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()
-    return prefix + digest[:32]
-
-
-def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
 class TwilioDialect:
     """Twilio Media Streams for one call: numbers sequenceNumber, chunk and timestamp."""
 
     name = "twilio"
+    audio = AudioSpec("ulaw", SAMPLE_RATE)
 
     __slots__ = (
         "_bytes_sent",
@@ -87,9 +70,9 @@ class TwilioDialect:
 
     def __init__(self, info: CallInfo) -> None:
         self.info = info
-        self.stream_sid = _sid("MZ", "stream", info.call_id)
-        self.call_sid = _sid("CA", "call", info.call_id)
-        self.account_sid = _sid("AC", "account", ACCOUNT_NAME)
+        self.stream_sid = stable_sid("MZ", "stream", info.call_id)
+        self.call_sid = stable_sid("CA", "call", info.call_id)
+        self.account_sid = stable_sid("AC", "account", ACCOUNT_NAME)
         self._sequence = 0  # last sequenceNumber sent; `start` is 1
         self._chunks = 0  # media messages sent
         self._bytes_sent = 0  # µ-law bytes sent, for the timestamp
@@ -109,28 +92,20 @@ class TwilioDialect:
             "sequenceNumber": str(self._next_sequence()),
             "streamSid": self.stream_sid,
         }
-        return _dumps(head | body)
+        return dumps(head | body)
 
     # bridge -> bot
 
     def opening_messages(self, info: CallInfo) -> list[BotMessage]:
         if info.call_id != self.info.call_id:
             raise ValueError(f"opening_messages for call {info.call_id!r} on {self!r}")
-        connected = _dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        parameters = {
-            "call_id": info.call_id,
-            "channel_id": info.channel_id,
-            "from_number": info.caller,
-            "to_number": info.called,
-        }
-        # The call's own fields win over a custom parameter of the same name.
-        parameters |= {k: v for k, v in info.custom.items() if k not in parameters}
+        connected = dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         start = {
             "accountSid": self.account_sid,
             "streamSid": self.stream_sid,
             "callSid": self.call_sid,
             "tracks": ["inbound"],
-            "customParameters": parameters,
+            "customParameters": call_parameters(info),
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
         }
         return [connected, self._event("start", {"start": start})]
@@ -158,21 +133,4 @@ class TwilioDialect:
     # bot -> bridge
 
     def decode(self, message: BotMessage) -> BotEvent:
-        obj = load_json_object(message, self.name)
-        if "event" not in obj:
-            raise BotProtocolError("message has no 'event'")
-        event = obj["event"]
-        if not isinstance(event, str):
-            raise BotProtocolError(f"'event' is a JSON {type(event).__name__}, not a string")
-        if event == "media":
-            media = require_object(obj, "media", "media event")
-            payload = require_str(media, "payload", "media event's 'media'")
-            return BotAudio(decode_base64(payload, "media.payload"))
-        if event == "clear":
-            return BotClear()
-        if event == "mark":
-            mark = require_object(obj, "mark", "mark event")
-            return BotMark(require_str(mark, "name", "mark event's 'mark'"))
-        if event in IGNORED_EVENTS:
-            return BotIgnored(f"twilio {event!r} event is not used by the bridge")
-        raise BotProtocolError(f"unknown event {event[:64]!r}")
+        return decode_stream_event(message, self.name, IGNORED_EVENTS)
