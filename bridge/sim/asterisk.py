@@ -19,10 +19,21 @@ Kept from the recordings / facts file:
 * no events while no events socket is connected, none replayed later; a call arriving then
   fails (§16); strict RTP (§7); RTP always goes to external_host (§6); PT > 34 dropped (§10).
 
+Fault knobs (none of them recorded; each follows what Asterisk does, as documented where it is):
+* `fail_next` / `delay_next`: one request answers an error, or is slow (and then performed or
+  lost), for any method and path (`bridge.sim.faults`);
+* `restart()` (`crash()` + `boot()`): the process dies: every socket closes without a close
+  frame, all state is forgotten without an event, connections are refused for a while, then an
+  empty Asterisk answers on the same port;
+* `add_waiting_caller`, `add_leftover_external_media`, `add_leftover_bridge`: what a bridge
+  process that crashed leaves in Asterisk, for start-up sweep tests; `leftovers()` and `counts`
+  tell what is still there and what happened.
+
 Layout: `bridge.sim.media` is the UDP side (`EmMedia`, `SimCall`); `bridge.sim.core` is the
-channel and bridge state, the ARI resources that change it and the events those changes emit
-(`AsteriskCore`); this module is the aiohttp layer (ARI REST routing, authentication, fault
-injection, the events WebSocket) and the public API.
+channel and bridge state and the events its changes emit (`AsteriskCore`); `bridge.sim.resources`
+the ARI resources that change it; `bridge.sim.control` the play/continue rules from Asterisk's
+source; this module is the aiohttp layer (ARI REST routing, authentication, fault injection,
+restart, the events WebSocket) and the public API.
 """
 
 from __future__ import annotations
@@ -32,16 +43,25 @@ import base64
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bridge.sim.core import ASTERISK_ID, CHANNELVARS, DIALLED, AsteriskCore, SimBridge, SimChannel
+from bridge.sim.core import (
+    ASTERISK_ID,
+    CHANNELVARS,
+    DIALLED,
+    SimBridge,
+    SimChannel,
+    SimLeftovers,
+)
+from bridge.sim.faults import Fault, FaultTable
 from bridge.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
 from bridge.sim.recording import FIXTURES_DIR, CallerScript, load_recording
+from bridge.sim.resources import AsteriskResources
 from bridge.sim.templates import Reply, build_timeline, dumps, error_reply, format_timestamp
 
 __all__ = [
@@ -55,6 +75,7 @@ __all__ = [
     "SimBridge",
     "SimCall",
     "SimChannel",
+    "SimLeftovers",
     "SimRequest",
     "SimulatedAsterisk",
     "StasisAppNotActive",
@@ -72,8 +93,9 @@ class SimRequest:
     method: str
     path: str
     query: dict[str, str]
-    status: int | None = None  # None while the request is still being handled
+    status: int | None = None  # None while being handled, or never answered (a lost request)
     t: float = 0.0  # loop.time() when it arrived
+    handled: bool = False  # answered, or lost for good
 
 
 @dataclass(eq=False, slots=True)
@@ -88,8 +110,11 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk(AsteriskCore):
-    """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`."""
+class SimulatedAsterisk(AsteriskResources):
+    """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`.
+
+    `history=False` keeps no request/event/packet logs and drops ended calls (soak runs).
+    """
 
     def __init__(
         self,
@@ -102,6 +127,7 @@ class SimulatedAsterisk(AsteriskCore):
         rtp_ports: tuple[int, int] = (10000, 10999),
         seed: int | None = None,
         fixtures_dir: Path = FIXTURES_DIR,
+        history: bool = True,
     ) -> None:
         super().__init__(
             app=app,
@@ -109,6 +135,7 @@ class SimulatedAsterisk(AsteriskCore):
             rtp_ports=rtp_ports,
             seed=seed,
             fixtures_dir=fixtures_dir,
+            history=history,
         )
         self.user, self.password = user, password
         self.port = port
@@ -117,7 +144,10 @@ class SimulatedAsterisk(AsteriskCore):
         self.requests: list[SimRequest] = []
         self._sockets: list[_EventSocket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._faults: list[tuple[str, re.Pattern[str], Reply]] = []
+        self._handlers: set[asyncio.Task[Any]] = set()  # aiohttp tasks inside our handler
+        self._faults = FaultTable()
+        self._generation = 0  # one per Asterisk process: bumped by crash()
+        self._requests_changed = asyncio.Condition()
         self._app_active = asyncio.Event()
         self._next_local = 0
         self._runner: web.AppRunner | None = None
@@ -130,6 +160,7 @@ class SimulatedAsterisk(AsteriskCore):
                 ("DELETE", r"/ari/channels/(?P<cid>[^/]+)", self._delete_channel),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/answer", self._answer),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/continue", self._continue),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/play", self._play_media),
                 ("GET", r"/ari/channels/(?P<cid>[^/]+)/variable", self._get_variable),
                 ("GET", r"/ari/bridges", self._list_bridges),
                 ("POST", r"/ari/bridges", self._create_bridge),
@@ -154,34 +185,99 @@ class SimulatedAsterisk(AsteriskCore):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        await self.boot()
 
     async def stop(self) -> None:
         """Close every socket, timer and task the simulator made."""
-        for call in self.calls:
-            call.cancel_timer()
-        for ch in self.channels.values():
-            if ch.pending_start is not None:
-                ch.pending_start.cancel()
+        self._cancel_timers()
         for sock in list(self._sockets):
             await sock.ws.close()
         for media in self._medias:
             media.close()
         self._medias.clear()
+        await self._cancel_handlers()  # slow (delayed) requests: nobody will wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- restart -------------------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        """Asterisk is running: it accepts connections on `port`."""
+        return self._runner is not None
+
+    async def restart(self, down_for: float = 0.5) -> None:
+        """An Asterisk restart: `crash()`, `down_for` seconds refusing connections, `boot()`.
+
+        Returns once the new, empty Asterisk accepts connections on the same port.
+        """
+        await self.crash()
+        await asyncio.sleep(down_for)  # the outage itself: there is nothing to wait for
+        await self.boot()
+
+    async def crash(self) -> None:
+        """The Asterisk process exits: nothing is closed politely and nothing is remembered.
+
+        The listening socket closes (new connections are refused), every HTTP and events
+        connection is aborted (a TCP reset, no WebSocket close frame), requests in progress
+        are never answered nor acted on, every RTP socket closes, and channels, bridges and
+        the app registration are forgotten without an event. Callers of the old calls are
+        gone (`hung_up_by == "restart"`); nothing is replayed later (facts §16).
+        """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._generation += 1
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            for connection in runner.server.connections:
+                if connection.transport is not None:
+                    connection.transport.abort()
+        await self._cancel_handlers()
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.done.set()
+        self._sockets_changed()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._forget_all()
+        await runner.cleanup()
+
+    async def boot(self) -> None:
+        """Start answering on 127.0.0.1:`port` (any free port the first time, if 0)."""
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def _cancel_handlers(self) -> None:
+        handlers = [task for task in self._handlers if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    @property
+    def http_connections(self) -> int:
+        """HTTP/WebSocket connections open to the server now (keep-alive ones included)."""
+        if self._runner is None or self._runner.server is None:
+            return 0
+        return len(self._runner.server.connections)
 
     @property
     def base_url(self) -> str:
@@ -210,14 +306,69 @@ class SimulatedAsterisk(AsteriskCore):
         else:
             self._app_active.clear()
 
-    def open_udp_sockets(self) -> list[tuple[str, int]]:
-        return [media.local for media in self._medias if media.is_open]
-
     def fail_next(
-        self, method: str, path_regex: str, status: int, body: Any = None, reason: str | None = None
+        self,
+        method: str,
+        path_regex: str,
+        status: int,
+        body: Any = None,
+        reason: str | None = None,
+        *,
+        times: int = 1,
+        perform: bool = False,
     ) -> None:
-        """Answer the next request matching `method` and `re.search(path_regex)` with this."""
-        self._faults.append((method.upper(), re.compile(path_regex), Reply(status, body, reason)))
+        """Answer the next `times` requests matching `method` ("*": any) and
+        `re.search(path_regex)` with `status` and `body` (JSON-able; a str is sent as is; None:
+        no body), and the reason phrase `reason` if Asterisk's differs from the standard one.
+        `perform`: Asterisk acts on the request all the same (e.g. the bridge is created, but
+        the answer is a 500)."""
+        reply = Reply(status, body, reason)
+        self._faults.add(Fault(method.upper(), re.compile(path_regex), times, perform, reply))
+
+    def delay_next(
+        self,
+        method: str,
+        path_regex: str,
+        seconds: float,
+        *,
+        perform: bool = True,
+        times: int = 1,
+    ) -> None:
+        """Hold the next `times` matching requests `seconds` before handling them, like a
+        loaded Asterisk: a client with a shorter timeout gives up first. `perform=True`: the
+        request is then acted on and answered as usual, whether or not the client still waits
+        (Asterisk does not notice a client gone); `perform=False`: it is lost, never acted on,
+        its connection dropped without an answer."""
+        self._faults.add(Fault(method.upper(), re.compile(path_regex), times, perform, None,
+                               seconds))  # fmt: skip
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    async def wait_request(
+        self, method: str, path_regex: str, *, nth: int = 1, handled: bool = True
+    ) -> SimRequest:
+        """The `nth` request matching `method` and `re.search(path_regex)` since start, once
+        it has arrived (`handled=False`) or has been answered or lost (`handled=True`).
+        Needs `history=True`."""
+        pattern = re.compile(path_regex)
+
+        def found() -> SimRequest | None:
+            matching = [r for r in self.requests
+                        if r.method == method.upper() and pattern.search(r.path)
+                        and (r.handled or not handled)]  # fmt: skip
+            return matching[nth - 1] if len(matching) >= nth else None
+
+        async with self._requests_changed:
+            await self._requests_changed.wait_for(lambda: found() is not None)
+        request = found()
+        assert request is not None
+        return request
+
+    async def _request_changed(self, entry: SimRequest, handled: bool) -> None:
+        entry.handled = handled
+        async with self._requests_changed:
+            self._requests_changed.notify_all()
 
     def set_em_stasis_delay(self, seconds: float) -> None:
         """Delay of the UnicastRTP StasisStart after the externalMedia answer (< 0: before it)."""
@@ -259,6 +410,48 @@ class SimulatedAsterisk(AsteriskCore):
         """
         if not self.app_active:
             raise StasisAppNotActive(f"Stasis app '{self.app}' not active")
+        call, caller = self._new_caller(scenario, args, caller_number, caller_name, exten,
+                                        audio, audio_start, hangup_after, echo)  # fmt: skip
+        self._emit("StasisStart", caller, args=call.args)
+        return call
+
+    async def add_waiting_caller(
+        self,
+        scenario: str = "basic_ulaw",
+        *,
+        args: list[str] | None = None,
+        caller_number: str | None = None,
+        caller_name: str | None = None,
+        exten: str | None = None,
+        audio: bytes | None = None,
+        audio_start: float | None = None,
+        hangup_after: float | None = None,
+        echo: bool | None = None,
+    ) -> SimCall:
+        """A caller that entered the app before this bridge process connected.
+
+        It is in Stasis (GET /channels, /applications/{app} `channel_ids`) but its
+        StasisStart went to a previous app connection, or to nobody: no event now, none
+        later. It waits in silence until the app answers, bridges, continues or hangs it up.
+        """
+        call, _ = self._new_caller(scenario, args, caller_number, caller_name, exten,
+                                   audio, audio_start, hangup_after, echo)  # fmt: skip
+        self._app_registered = True  # the app it entered was registered then
+        return call
+
+    def _new_caller(
+        self,
+        scenario: str,
+        args: list[str] | None,
+        caller_number: str | None,
+        caller_name: str | None,
+        exten: str | None,
+        audio: bytes | None,
+        audio_start: float | None,
+        hangup_after: float | None,
+        echo: bool | None,
+    ) -> tuple[SimCall, SimChannel]:
+        """A caller (`Local/...;1`, in Stasis) and its far half (`;2`), shaped like `scenario`."""
         script = self._script(scenario)
         recorded = script.stasis_start.data["channel"]
         call_args = list(script.stasis_start.data["args"]) if args is None else list(args)
@@ -289,8 +482,8 @@ class SimulatedAsterisk(AsteriskCore):
         caller.call = half.call = call
         self.channels[caller.id], self.channels[half.id] = caller, half
         self.calls.append(call)
-        self._emit("StasisStart", caller, args=call_args)
-        return call
+        self.counts["callers"] += 1
+        return call, caller
 
     def _script(self, scenario: str) -> CallerScript:
         if scenario not in self._scripts:
@@ -301,25 +494,61 @@ class SimulatedAsterisk(AsteriskCore):
     # -- HTTP plumbing ---------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:  # a crash() cancels it: a dead Asterisk finishes nothing
+            self._handlers.add(task)
+        try:
+            return await self._serve(request)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        generation = self._generation
         query = {key: request.query.get(key, "") for key in request.query}
         entry = SimRequest(request.method, request.path, query, t=self._running_loop().time())
-        self.requests.append(entry)
+        if self._history:
+            self.requests.append(entry)
+            await self._request_changed(entry, handled=False)
+        try:
+            return await self._respond(request, query, entry, generation)
+        finally:
+            if self._history and self._generation == generation:
+                await self._request_changed(entry, handled=True)
+
+    async def _respond(
+        self, request: web.Request, query: dict[str, str], entry: SimRequest, generation: int
+    ) -> web.StreamResponse:
+        fault = None
         if not self._authorised(request, query):
             reply = error_reply(401, "Authentication required")
-        elif (fault := self._take_fault(request.method, request.path)) is not None:
-            reply = fault
-        elif request.method == "GET" and request.path == "/ari/events":
-            return await self._events_socket(request, query, entry)
         else:
-            reply = await self._dispatch(request.method, request.path, query)
+            fault = self._faults.take(request.method, request.path)
+            if fault is not None and fault.delay:
+                await asyncio.sleep(fault.delay)  # a slow Asterisk: the slowness is the fault
+                if not fault.perform:
+                    if request.transport is not None:
+                        request.transport.abort()  # lost: no answer, nothing done
+                    return web.Response(status=500)  # never written: the connection is gone
+            if fault is not None and fault.reply is not None and not fault.perform:
+                reply = fault.reply
+            elif request.method == "GET" and request.path == "/ari/events":
+                return await self._events_socket(request, query, entry)
+            else:
+                reply = await self._dispatch(request.method, request.path, query)
+                if fault is not None and fault.reply is not None:  # acted on, answers an error
+                    reply = replace(fault.reply, after=reply.after)
         entry.status = reply.status
         response = self._response(reply)
         if reply.after is not None:
             try:
                 await response.prepare(request)
                 await response.write_eof()
+            except ConnectionError:
+                pass  # the client went away (timed out): Asterisk acts on the request anyway
             finally:
-                reply.after()  # Asterisk acts on the request even if the client went away
+                if generation == self._generation:  # not when Asterisk died meanwhile
+                    reply.after()
         return response
 
     async def _dispatch(self, method: str, path: str, query: dict[str, str]) -> Reply:
@@ -340,6 +569,8 @@ class SimulatedAsterisk(AsteriskCore):
         if reply.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="Asterisk REST Interface"'
         reason = reply.reason or HTTPStatus(reply.status).phrase
+        if reply.location is not None:
+            headers["Location"] = reply.location
         if reply.body is None:
             return web.Response(status=reply.status, reason=reason, headers=headers)
         headers["Content-Type"] = "application/json"
@@ -357,13 +588,6 @@ class SimulatedAsterisk(AsteriskCore):
             return base64.b64decode(credentials, validate=True).decode() == expected
         except (ValueError, UnicodeDecodeError):
             return False
-
-    def _take_fault(self, method: str, path: str) -> Reply | None:
-        for index, (fault_method, pattern, reply) in enumerate(self._faults):
-            if fault_method == method and pattern.search(path):
-                del self._faults[index]
-                return reply
-        return None
 
     async def _events_socket(
         self, request: web.Request, query: dict[str, str], entry: SimRequest

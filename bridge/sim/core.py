@@ -1,11 +1,15 @@
-"""What SimulatedAsterisk does: channel and bridge state, ARI resources, and the events emitted.
+"""What SimulatedAsterisk is: channel and bridge state, its transitions, and the events emitted.
 
-`AsteriskCore` holds the channels, bridges and calls. Each ARI request (a `_resource(query,
-**path_params)` method answering a `Reply`) changes that state the way Asterisk 23.4.1 does, and
-each change emits the recorded events in the recorded per-channel order, rendered from the
-recorded templates. It knows nothing of HTTP: `bridge.sim.asterisk.SimulatedAsterisk` routes the
-requests here and says, through `_event_queues()`, which events sockets are connected for the
-app. With none, the app is not active and an event is dropped, never replayed later (facts §16).
+`AsteriskCore` holds the channels, bridges and calls. Each change of that state emits the
+recorded events in the recorded per-channel order, rendered from the recorded templates. The ARI
+resources that make the changes are in `bridge.sim.resources`; this module knows nothing of HTTP:
+`bridge.sim.asterisk.SimulatedAsterisk` says, through `_event_queues()`, which events sockets are
+connected for the app. With none, the app is not active and an event is dropped, never replayed
+later (facts §16).
+
+Besides the recordings: a channel's playbacks and its `continue` run one after the other, as
+Asterisk's per-channel Stasis command queue runs them (`bridge.sim.control`); a restart forgets
+everything at once, without an event (facts §16: nothing is replayed).
 """
 
 from __future__ import annotations
@@ -14,24 +18,16 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
-from bridge.sim.media import EmMedia, SimCall, open_media
+from bridge.sim.control import SimPlayback, Target, playback_outcome
+from bridge.sim.media import EmMedia, SimCall
 from bridge.sim.recording import TimedDtmf
-from bridge.sim.templates import (
-    BRIDGE_TYPES,
-    INTERNAL_ERROR,
-    EchoStream,
-    Reply,
-    Templates,
-    error_reply,
-    format_timestamp,
-    reshape,
-    validate_external_media,
-)
+from bridge.sim.templates import EchoStream, Templates, format_timestamp
 
 ASTERISK_ID = "02:fc:00:00:00:01"
 # A UnicastRTP channel's dialplan while it is being dialled and after it left Stasis.
@@ -57,6 +53,15 @@ class SimChannel:
     media: EmMedia | None = None
     call: SimCall | None = None
     pending_start: asyncio.TimerHandle | None = None  # UnicastRTP StasisStart not sent yet
+    playback: SimPlayback | None = None  # playing now
+    playback_end: asyncio.TimerHandle | None = None
+    queued: deque[Callable[[], None]] = field(default_factory=deque)  # Stasis commands waiting
+
+    def cancel_timers(self) -> None:
+        for handle in (self.pending_start, self.playback_end):
+            if handle is not None:
+                handle.cancel()
+        self.pending_start = self.playback_end = None
 
 
 @dataclass(eq=False, slots=True)
@@ -75,8 +80,26 @@ class SimBridge:
         return "simple_bridge" if len(self.channels) <= 2 else "softmix"
 
 
+@dataclass(frozen=True, slots=True)
+class SimLeftovers:
+    """What is still in Asterisk that an app should have cleaned up (see `leftovers()`)."""
+
+    channels: tuple[str, ...]  # ExternalMedia channels, and callers still in the app
+    bridges: tuple[str, ...]
+    udp_sockets: tuple[tuple[str, int], ...]  # open RTP sockets (one per ExternalMedia channel)
+
+    def __bool__(self) -> bool:
+        return bool(self.channels or self.bridges or self.udp_sockets)
+
+
 class AsteriskCore(ABC):
-    """Channels, bridges and calls; the ARI resources that change them; the events emitted."""
+    """Channels, bridges and calls; the transitions that change them; the events emitted.
+
+    `counts` tallies what happened, for tests to assert on: "callers" / "callers_gone",
+    "media_channels" / "media_channels_gone", "bridges" / "bridges_gone", "playbacks",
+    "restarts". With `history=False` nothing grows with the number of calls (no request or
+    event log, no per-packet lists, ended calls dropped from `calls`): for soak runs.
+    """
 
     def __init__(
         self,
@@ -86,19 +109,26 @@ class AsteriskCore(ABC):
         rtp_ports: tuple[int, int],
         seed: int | None,
         fixtures_dir: Path,
+        history: bool = True,
     ) -> None:
         self.app = app
         self._em_stasis_delay = em_stasis_delay
         self._rtp_ports = rtp_ports
         self._rng = random.Random(seed)
         self._templates = Templates.from_recordings(fixtures_dir)
+        self._history = history
         self.events_sent: list[str] = []
         self.event_times: list[float] = []  # loop.time() of each entry of events_sent
         self.channels: dict[str, SimChannel] = {}
         self.bridges: dict[str, SimBridge] = {}
         self.calls: list[SimCall] = []
+        self.counts: Counter[str] = Counter()
+        # Media URI -> seconds it plays, None: no such file. Others last default_sound_seconds.
+        self.sounds: dict[str, float | None] = {}
+        self.default_sound_seconds: float | None = 0.2
         self._medias: list[EmMedia] = []
         self._app_registered = False  # Asterisk keeps the app listed after its socket went away
+        self._muted = False  # setting up what happened before anybody listened
         self._next_unique = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -141,7 +171,7 @@ class AsteriskCore(ABC):
     def _emit(self, kind: str, ch: SimChannel | None = None, *, key: str = "channel",
               **values: Any) -> None:  # fmt: skip
         queues = self._event_queues()
-        if not queues:
+        if not queues or self._muted:
             return  # app inactive: Asterisk drops the event and never replays it (facts §16)
         if ch is not None:
             values[key] = self._snapshot(ch)
@@ -149,8 +179,9 @@ class AsteriskCore(ABC):
             kind, timestamp=format_timestamp(time.time()), asterisk_id=ASTERISK_ID,
             application=self.app, **values,
         )  # fmt: skip
-        self.events_sent.append(raw)
-        self.event_times.append(self._running_loop().time())
+        if self._history:
+            self.events_sent.append(raw)
+            self.event_times.append(self._running_loop().time())
         for queue in queues:
             queue.put_nowait(raw)
 
@@ -242,6 +273,11 @@ class AsteriskCore(ABC):
             self._emit("ChannelHangupRequest", ch)
         elif how == "far":
             self._emit("ChannelHangupRequest/far", ch)
+        ch.queued.clear()  # Stasis commands still waiting die with the channel's Stasis
+        if ch.playback is not None:
+            # The stream stops with an error on a hung-up channel: play_on_channel's final
+            # update makes that "failed" (res != 0 with the channel hung up), before StasisEnd.
+            self._finish_playback(ch, ch.playback, "failed")
         self._leave_bridge(ch)
         if ch.in_stasis:
             ch.in_stasis = False
@@ -256,196 +292,114 @@ class AsteriskCore(ABC):
 
     def _remove(self, ch: SimChannel, by: str) -> None:
         del self.channels[ch.id]
+        ch.cancel_timers()
         if ch.media is not None:
             ch.media.close()
             self._medias.remove(ch.media)
+        self.counts["media_channels_gone" if ch.kind == "media" else "callers_gone"] += 1
         call = ch.call
         if ch.kind != "media" and call is not None:
             halves = [c for c in self.channels.values() if c.call is call and c.kind != "media"]
             for other in halves:  # the two halves of a Local channel go together
                 del self.channels[other.id]
             call.finish(by)
+            if not self._history:
+                self.calls.remove(call)
 
-    # -- REST resources --------------------------------------------------------------------
+    def _continue_in_dialplan(self, ch: SimChannel, target: Target) -> None:
+        """The channel leaves Stasis for `target` in the dialplan.
 
-    def _control(self, cid: str) -> SimChannel | Reply:
-        """A channel the app controls, or Asterisk's answer (resource_channels find_control)."""
-        ch = self.channels.get(cid)
-        if ch is None:
-            return error_reply(404, "Channel not found")
-        return ch if ch.in_stasis else error_reply(409, "Channel not in Stasis application")
+        What it does there is not simulated: for the app it is gone after its StasisEnd (a
+        caller from the dialplan gets no ChannelDestroyed, §14). Its snapshot keeps the Stasis
+        dialplan: ast_explicit_goto() publishes no new snapshot before StasisEnd is sent.
+        """
+        if self.channels.get(ch.id) is not ch or not ch.in_stasis:
+            return
+        if ch.call is not None and ch.kind == "caller":
+            ch.call.continued_to = target
+        self._hangup(ch, "continue")
 
-    async def _answer(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self._control(cid)
-        if isinstance(ch, Reply):
-            return ch
-        if ch.state != "Up":
-            ch.state = "Up"
-            self._emit("ChannelStateChange", ch)
-        return Reply(204)  # also when already Up (facts §3)
+    # -- the per-channel Stasis command queue: playbacks, continue ----------------------
 
-    async def _continue(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self._control(cid)
-        if isinstance(ch, Reply):
-            return ch
-        # The caller goes on in the dialplan, reaches Hangup() and is gone for the app.
-        return Reply(204, after=lambda: self._hangup(ch, "continue"))
+    def _when_idle(self, ch: SimChannel, command: Callable[[], None]) -> None:
+        """Run `command` once the channel's earlier Stasis commands (playbacks) are done."""
+        if ch.playback is None and not ch.queued:
+            command()
+        else:
+            ch.queued.append(command)
 
-    async def _delete_channel(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self.channels.get(cid)
-        if ch is None:
-            return error_reply(404, "Channel not found")
-        if ch.kind == "local":  # hanging up the far half is the far end hanging up
-            caller = next(
-                c for c in self.channels.values() if c.call is ch.call and c.kind == "caller"
+    def _run_queued(self, ch: SimChannel) -> None:
+        while ch.playback is None and ch.queued and self.channels.get(ch.id) is ch:
+            ch.queued.popleft()()
+
+    def _start_playback(self, ch: SimChannel, playback: SimPlayback) -> None:
+        if self.channels.get(ch.id) is not ch or not ch.in_stasis:
+            return  # the queue died with the channel: the playback never started
+        self.counts["playbacks"] += 1
+        playback.state = "playing"
+        self._emit("PlaybackStarted", playback=playback.values())
+        outcome = playback_outcome(playback.media, self.sounds, self.default_sound_seconds)
+        if outcome is None:
+            return  # no final update in play_on_channel: no PlaybackFinished (control.py)
+        state, seconds = outcome
+        ch.playback = playback
+        if state == "failed":
+            self._finish_playback(ch, playback, state)
+        else:
+            ch.playback_end = self._running_loop().call_later(
+                seconds, self._finish_playback, ch, playback, state
             )
-            return Reply(204, after=lambda: self._hangup(caller, "far"))
-        return Reply(204, after=lambda: self._hangup(ch, "delete"))
 
-    async def _get_channel(self, q: dict[str, str], cid: str) -> Reply:
-        ch = self.channels.get(cid)
-        return Reply(200, self._snapshot(ch)) if ch else error_reply(404, "Channel not found")
+    def _finish_playback(self, ch: SimChannel, playback: SimPlayback, state: str) -> None:
+        if ch.playback_end is not None:
+            ch.playback_end.cancel()
+            ch.playback_end = None
+        if ch.playback is playback:
+            ch.playback = None
+        playback.state = state
+        self._emit("PlaybackFinished", playback=playback.values())
+        self._run_queued(ch)
 
-    async def _list_channels(self, q: dict[str, str]) -> Reply:
-        # Newest first, as the recorded GET /channels listed them (ws_reconnect).
-        return Reply(200, [self._snapshot(ch) for ch in reversed(self.channels.values())])
+    # -- the whole state ---------------------------------------------------------------
 
-    async def _get_variable(self, q: dict[str, str], cid: str) -> Reply:
-        name = q.get("variable")
-        if not name:
-            return error_reply(400, "Variable name is required")
-        ch = self.channels.get(cid)
-        if ch is None:
-            return error_reply(404, "Provided channel was not found", "Channel Not Found")
-        if name not in ch.variables:
-            return error_reply(404, "Provided variable was not found", "Variable Not Found")
-        return Reply(200, {"value": ch.variables[name]})
+    def open_udp_sockets(self) -> list[tuple[str, int]]:
+        return [media.local for media in self._medias if media.is_open]
 
-    async def _external_media(self, q: dict[str, str]) -> Reply:
-        invalid = validate_external_media(q)
-        if invalid is not None:
-            return invalid
-        if q.get("channelId") in self.channels:
-            return error_reply(409, "Channel with given unique ID already exists")
-        host, _, port = q["external_host"].rpartition(":")
-        try:
-            media = await open_media(
-                self._running_loop(), (host, int(port)), q["format"], self._rtp_ports, self._rng
-            )
-        except OSError:
-            return error_reply(500, INTERNAL_ERROR)
-        ch = SimChannel(
-            id=q.get("channelId") or self._new_id(),
-            name=f"UnicastRTP/{q['external_host']}-0x7f74{self._rng.getrandbits(28) << 4:08x}",
-            kind="media", state="Down", caller=("", ""), connected=("", ""), dialplan=DIALLED,
-            creationtime=format_timestamp(time.time()), media=media,
-            dialstring=f"{q['external_host']}/c({q['format']})",
-            variables={"UNICASTRTP_LOCAL_ADDRESS": media.local[0],
-                       "UNICASTRTP_LOCAL_PORT": str(media.local[1])},
-        )  # fmt: skip
-        body = self._templates.em_channel_body({
-            **self._snapshot_values(ch),
-            "channelvars": {k: ch.variables[k] for k in CHANNELVARS},
-        })  # fmt: skip
-        if q["app"] != self.app or not self.app_active:
-            # Stasis() fails for it at once: the 200 names a channel that is already gone and
-            # no event ever comes (errors: app=nosuchapp, then DELETE -> 404).
+    def leftovers(self) -> SimLeftovers:
+        """Whatever an app should have cleaned up and is still there.
+
+        Every ExternalMedia channel, every caller still in the app (a caller the app neither
+        hung up nor continued sits in Stasis in silence: facts §15), every bridge, every open
+        RTP socket. An app that cleaned up after its calls leaves this empty (falsy).
+        """
+        channels = [ch.id for ch in self.channels.values() if ch.kind == "media" or ch.in_stasis]
+        return SimLeftovers(tuple(channels), tuple(self.bridges), tuple(self.open_udp_sockets()))
+
+    def _cancel_timers(self) -> None:
+        for call in self.calls:
+            call.cancel_timer()
+        for ch in self.channels.values():
+            ch.cancel_timers()
+
+    def _forget_all(self) -> None:
+        """The Asterisk process is gone: every channel, bridge and RTP socket with it.
+
+        No event: nobody is connected to see one, and nothing is replayed after (§16). The
+        calls' far ends are gone too (`hung_up_by == "restart"`). Channel ids keep counting:
+        a restarted Asterisk's uniqueids start from a later epoch second, never reusing one.
+        """
+        self._cancel_timers()
+        for call in self.calls:
+            call.finish("restart")
+        for media in self._medias:
             media.close()
-            return Reply(200, body)
-        self.channels[ch.id] = ch
-        self._medias.append(media)
-        delay = self._em_stasis_delay
-        if delay < 0:  # StasisStart before the REST answer (facts §1: 3 of 5 under load)
-            self._media_enters_stasis(ch)
-            await asyncio.sleep(-delay)
-            return Reply(200, body)
-        return Reply(200, body, after=lambda: self._schedule_stasis_start(ch, delay))
-
-    def _schedule_stasis_start(self, ch: SimChannel, delay: float) -> None:
-        if delay == 0:
-            self._media_enters_stasis(ch)
-        elif self.channels.get(ch.id) is ch and not ch.in_stasis:
-            ch.pending_start = self._running_loop().call_later(delay, self._media_enters_stasis, ch)
-
-    async def _create_bridge(self, q: dict[str, str]) -> Reply:
-        types = (q.get("type") or "mixing").split(",")
-        bridge_id = q.get("bridgeId") or ""
-        if any(kind not in BRIDGE_TYPES for kind in types):
-            shown = bridge_id or "(null)"  # sic: the recorded answer to type=bogus
-            message = f"Unable to create bridge. Possible duplicate bridge id '{shown}'"
-            return error_reply(500, message, "Internal Error")
-        if bridge_id in self.bridges:
-            return error_reply(409, f"Bridge with id '{bridge_id}' already exists")
-        bridge = SimBridge(bridge_id or str(uuid4()), q.get("name", ""), types[0],
-                           format_timestamp(time.time()))  # fmt: skip
-        self.bridges[bridge.id] = bridge
-        return Reply(200, self._bridge_snapshot(bridge))
-
-    async def _get_bridge(self, q: dict[str, str], bid: str) -> Reply:
-        bridge = self.bridges.get(bid)
-        if bridge is None:
-            return error_reply(404, "Bridge not found", "Not found")
-        return Reply(200, self._bridge_snapshot(bridge))
-
-    async def _list_bridges(self, q: dict[str, str]) -> Reply:
-        return Reply(200, [self._bridge_snapshot(b) for b in self.bridges.values()])
-
-    async def _add_channel(self, q: dict[str, str], bid: str) -> Reply:
-        bridge = self.bridges.get(bid)
-        if bridge is None:
-            return error_reply(404, "Bridge not found", "Not found")
-        ids = [cid for cid in q.get("channel", "").split(",") if cid]
-        if not ids:
-            return error_reply(400, "Missing parameter channel")
-        for cid in ids:
-            ch = self.channels.get(cid)
-            if ch is None:
-                return error_reply(400, "Channel not found")
-            if not ch.in_stasis:  # facts §1b; body and reason from res/ari/resource_bridges.c
-                return error_reply(422, "Channel not in Stasis application")
-        for cid in ids:
-            self._enter_bridge(self.channels[cid], bridge)
-        return Reply(204, after=lambda: self._check_bridged(bridge))
-
-    def _check_bridged(self, bridge: SimBridge) -> None:
-        members = [self.channels[cid] for cid in bridge.channels if cid in self.channels]
-        medias = [m for m in members if m.kind == "media"]
-        for member in members:
-            call = member.call
-            if member.kind == "caller" and call is not None and medias and not call.bridged.done():
-                self._on_bridged(call, medias[0], bridge)
-
-    async def _delete_bridge(self, q: dict[str, str], bid: str) -> Reply:
-        bridge = self.bridges.get(bid)
-        if bridge is None:
-            return error_reply(404, "Bridge not found", "Not found")
-        for cid in list(bridge.channels):
-            self._leave_bridge(self.channels[cid])
-        del self.bridges[bid]
-        self._emit("BridgeDestroyed", bridge=self._bridge_snapshot(bridge))
-        return Reply(204)
-
-    def _application(self) -> dict[str, Any]:
-        return reshape(self._templates.application, {
-            "name": self.app,
-            "channel_ids": [ch.id for ch in self.channels.values() if ch.in_stasis],
-            "bridge_ids": list(self.bridges),
-        })  # fmt: skip
-
-    async def _list_applications(self, q: dict[str, str]) -> Reply:
-        return Reply(200, [self._application()] if self._app_registered else [])
-
-    async def _get_application(self, q: dict[str, str], app: str) -> Reply:
-        if app != self.app or not self._app_registered:
-            return error_reply(404, "Application not found")
-        return Reply(200, self._application())
-
-    async def _ping(self, q: dict[str, str]) -> Reply:
-        values = {"timestamp": format_timestamp(time.time()), "asterisk_id": ASTERISK_ID}
-        return Reply(200, reshape(self._templates.ping, values))
-
-    async def _info(self, q: dict[str, str]) -> Reply:
-        return Reply(200, dict(self._templates.info))
+        self.channels.clear()
+        self.bridges.clear()
+        self._medias.clear()
+        if not self._history:
+            self.calls.clear()
+        self._app_registered = False  # a new process knows no app until one connects
+        self.counts["restarts"] += 1
 
     # -- helpers ---------------------------------------------------------------------------
 

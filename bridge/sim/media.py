@@ -25,10 +25,15 @@ class EmMedia(asyncio.DatagramProtocol):
     RTP (§7). Per-packet work is an append and, for an echoing far end, one header rewrite.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, remote: tuple[str, int], fmt: str) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, remote: tuple[str, int], fmt: str, keep: bool = True
+    ) -> None:
         self._loop = loop
         self.remote = remote
         self.format = fmt
+        self._keep = keep  # False: count packets only (soak runs must not grow per packet)
+        self.packets_in = 0  # accepted
+        self.packets_out = 0
         self.strict = StrictRtp(remote, learn_until=loop.time() + STRICT_RTP_LEARN_SECONDS)
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] = ("127.0.0.1", 0)
@@ -56,13 +61,16 @@ class EmMedia(asyncio.DatagramProtocol):
         elif data[1] & 0x7F > 34:
             reason = "payload_type"  # dynamic PT without SDP: dropped by Asterisk (facts §10)
         else:
-            self.received.append((now, data, source))
+            self.packets_in += 1
+            if self._keep:
+                self.received.append((now, data, source))
             if self.echo is not None and self.format == "ulaw":
                 echoed = self.echo.echo(data)
                 if echoed is not None:
                     self.send(echoed)
             return
-        self.dropped.append((now, data, source, reason))
+        if self._keep:
+            self.dropped.append((now, data, source, reason))
 
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1  # ICMP port unreachable: nobody listens at external_host (yet)
@@ -71,7 +79,9 @@ class EmMedia(asyncio.DatagramProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.sendto(data, self.remote)
-        self.sent.append((self._loop.time(), data, self.remote))
+        self.packets_out += 1
+        if self._keep:
+            self.sent.append((self._loop.time(), data, self.remote))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -84,6 +94,8 @@ async def open_media(
     fmt: str,
     ports: tuple[int, int],
     rng: random.Random,
+    *,
+    keep: bool = True,
 ) -> EmMedia:
     """Bind Asterisk's RTP socket: an even port in the rtp.conf range (facts §6)."""
     low, high = ports
@@ -91,7 +103,7 @@ async def open_media(
         port = rng.randrange(low + low % 2, high + 1, 2)
         try:
             _, media = await loop.create_datagram_endpoint(
-                lambda: EmMedia(loop, remote, fmt), local_addr=("127.0.0.1", port)
+                lambda: EmMedia(loop, remote, fmt, keep), local_addr=("127.0.0.1", port)
             )
         except OSError:
             continue  # taken: Asterisk tries another port of its range as well
@@ -118,7 +130,8 @@ class SimCall:
         self.em_channel_id: str | None = None
         self.bridge_id: str | None = None
         self.media: EmMedia | None = None
-        self.hung_up_by: str | None = None  # "caller" | "app"
+        self.hung_up_by: str | None = None  # "caller" | "app" | "restart" (Asterisk restarted)
+        self.continued_to: tuple[str, str, int] | None = None  # where `continue` sent it
         self.bridged: asyncio.Future[float] = loop.create_future()  # loop.time() of the moment
         self.ended: asyncio.Future[str] = loop.create_future()  # hung_up_by
         self.dtmf_sent: list[str] = []

@@ -8,6 +8,10 @@ template with the recorded values gives back the recorded `raw` text byte for by
 REST answers: the recorded status / reason phrase / body of every error (errors scenario) and
 the externalMedia checks that produce them.
 
+Playback (`POST /channels/{id}/play`, PlaybackStarted/PlaybackFinished) is in no recording: its
+shapes follow Asterisk 23's source (see `PLAYBACK`), wrapped like the recorded sibling resource,
+the bridge recording (`RecordingStarted`, the 201 + Location answer of `/record`).
+
 RTP: the header stream Asterisk 23.4.1 started on a UnicastRTP channel (basic_ulaw, slin16):
 V=2, no padding/extension/CSRC, marker 0 on the first packet, first timestamp = one packet's
 worth of samples (160 / 320), +samples per 20 ms packet, random SSRC and sequence; what an Echo()
@@ -85,6 +89,31 @@ _EVENT_SOURCES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+# The Playback object, from res/res_stasis_playback.c stasis_app_playback_to_json() (Asterisk 23):
+# jansson keeps insertion order, so these keys in this order; `next_media_uri` (only while a
+# list of several media plays) is left out: the simulator plays one media per request.
+PLAYBACK: Mapping[str, Any] = {
+    "id": "", "media_uri": "", "target_uri": "", "language": "en", "state": "queued",
+}  # fmt: skip
+
+
+def _playback_event(recording_event: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """PlaybackStarted/Finished shaped like the recorded RecordingStarted.
+
+    res_stasis_playback.c playback_to_json() packs `{"type", "timestamp", "playback"}` exactly
+    as res_stasis_recording.c recording_to_json() packs `{"type", "timestamp", "recording"}`,
+    and the app appends `asterisk_id` and `application` to both: so the recorded envelope with
+    the playback object in the recording's place.
+    """
+    out: dict[str, Any] = {}
+    for key, value in recording_event.items():
+        if key == "recording":
+            out["playback"] = dict(PLAYBACK)
+        else:
+            out[key] = kind if key == "type" else value
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Templates:
     events: Mapping[str, Mapping[str, Any]]
@@ -108,6 +137,9 @@ class Templates:
         for kind, (scenario, event_type, fields) in _EVENT_SOURCES.items():
             events[kind] = rec(scenario).first_event(event_type, **fields).data
         basic, meta = rec("basic_ulaw"), rec("meta")
+        recording_started = rec("inbound_audio_check_ulaw").first_event("RecordingStarted").data
+        for kind in ("PlaybackStarted", "PlaybackFinished"):
+            events[kind] = _playback_event(recording_started, kind)
 
         def body(recording: Recording, method: str, path: str) -> Any:
             for ex in recording.rest:
@@ -139,6 +171,9 @@ class Templates:
     def bridge_snapshot(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return reshape(self.bridge, values)
 
+    def playback(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return reshape(PLAYBACK, values)
+
 
 # -- REST answers -------------------------------------------------------------------------
 
@@ -160,6 +195,7 @@ class Reply:
     body: Any = None  # JSON-able, or str sent as is; None: no body
     reason: str | None = None  # HTTP reason phrase when Asterisk's differs from the standard one
     after: Callable[[], None] | None = None  # runs once the response is on the wire
+    location: str | None = None  # a 201's Location header (ast_ari_response_created)
 
 
 def error_reply(status: int, message: str, reason: str | None = None) -> Reply:
