@@ -1,21 +1,28 @@
-"""A real Pipecat echo bot speaking Twilio Media Streams, for the tests and the demo.
+"""A real Pipecat echo bot speaking Twilio, Exotel or Vonage, for the tests and the demo.
 
 Per WebSocket connection it does what a stock Pipecat telephony bot does, minus the LLM:
 
-    parse_telephony_websocket()      reads `connected` + `start`, detects "twilio"
-    TwilioFrameSerializer(stream_sid, call_sid, auto_hang_up=False)
-    FastAPIWebsocketTransport        audio in/out at 8 kHz, no VAD
+    twilio   parse_telephony_websocket() reads `connected` + `start`, detects "twilio";
+             TwilioFrameSerializer(stream_sid, call_sid, auto_hang_up=False)
+    exotel   parse_telephony_websocket() detects "exotel";
+             ExotelFrameSerializer(stream_sid, call_sid, exotel_sample_rate=<rate>)
+    vonage   no runner detection: the bot reads `websocket:connected` itself;
+             VonageFrameSerializer() (16 kHz on the wire)
+    FastAPIWebsocketTransport        audio in/out at the pipeline rate, no VAD
     Pipeline: transport.input() -> EchoProcessor -> transport.output()
 
-At 8 kHz in and out Pipecat neither resamples nor re-encodes beyond µ-law -> PCM16 -> µ-law,
-so the echo is bit-exact; the output transport re-chunks it into 40 ms (320-byte) messages
-sent at real time. What each call received is recorded in EchoBotStats.
+The pipeline rate (`sample_rate`) defaults to the dialect's wire rate: 8000 for twilio and
+exotel, 16000 for vonage; for exotel it is the stream's rate too. At the wire rate Pipecat
+neither resamples nor re-encodes beyond µ-law -> PCM16 -> µ-law, so the echo is bit-exact;
+the output transport re-chunks it into 40 ms messages sent at real time. What each call
+received is recorded in EchoBotStats.
 
     async with run_echo_bot() as bot:      # in-process, 127.0.0.1, ephemeral port
         connect(bot.url) ...
         call = await bot.stats.next_call()
+    async with run_echo_bot(dialect="exotel", sample_rate=16000) as bot: ...
 
-    python -m bridge.demo.echo_bot --port 8765 [--hangup-after 5]
+    python -m bridge.demo.echo_bot --port 8765 [--dialect vonage] [--hangup-after 5]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -43,17 +51,24 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.runner.utils import parse_telephony_websocket
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.serializers.exotel import ExotelFrameSerializer
 from pipecat.serializers.twilio import TwilioFrameSerializer
+from pipecat.serializers.vonage import VonageFrameSerializer
 from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
 )
 from pipecat.workers.runner import WorkerRunner
 
-SAMPLE_RATE = 8000
+DIALECTS = ("twilio", "exotel", "vonage")
+# The rate each dialect carries on the wire by default; the pipeline runs at it unless told.
+WIRE_RATES = {"twilio": 8000, "exotel": 8000, "vonage": 16000}
+PIPELINE_RATES = (8000, 16000)
+VONAGE_RATE = 16000
 WS_PATH = "/ws"
-# Close code when the handshake is not Twilio's. A stock bot raises in create_transport()
-# and its server closes with 1011 too.
+# Close code when the handshake is not the expected dialect's. A stock bot raises in
+# create_transport() and its server closes with 1011 too.
 CLOSE_BAD_HANDSHAKE = 1011
 
 
@@ -62,11 +77,12 @@ class EchoCallStats:
     """What the bot received on one connection. `finished` is set when the call is over."""
 
     path: str
-    stream_sid: str
+    stream_sid: str  # "" for vonage, which has none
     call_sid: str
-    custom_parameters: dict[str, Any]
-    audio_frames: int = 0  # InputAudioRawFrames: one per `media` message
-    audio_bytes: int = 0  # µ-law bytes (= samples) received
+    custom_parameters: dict[str, Any]  # vonage: the websocket:connected headers
+    dialect: str = "twilio"
+    audio_frames: int = 0  # InputAudioRawFrames: one per audio message
+    audio_bytes: int = 0  # samples received at the pipeline rate (= µ-law bytes for twilio)
     dtmf_digits: list[str] = field(default_factory=list)  # as Pipecat saw them: 0-9 * #
     ended_by: str = ""  # "caller" (the peer closed) or "bot" (hangup_after)
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -114,43 +130,114 @@ class EchoProcessor(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-def create_app(*, stats: EchoBotStats | None = None, hangup_after: float | None = None) -> FastAPI:
-    """The bot's FastAPI app: WebSocket on /ws and /ws/{anything}; stats on app.state.stats."""
+def create_app(
+    *,
+    stats: EchoBotStats | None = None,
+    hangup_after: float | None = None,
+    dialect: str = "twilio",
+    sample_rate: int | None = None,
+) -> FastAPI:
+    """The bot's FastAPI app: WebSocket on /ws and /ws/{anything}; stats on app.state.stats.
+
+    `sample_rate` is the pipeline's (and an exotel stream's) rate; None: the dialect's."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+    rate = WIRE_RATES[dialect] if sample_rate is None else sample_rate
+    if rate not in PIPELINE_RATES:
+        raise ValueError(f"sample rate must be 8000 or 16000, not {rate!r}")
     app = FastAPI()
     app.state.stats = stats if stats is not None else EchoBotStats()
 
     async def endpoint(websocket: WebSocket) -> None:
-        await serve_call(websocket, app.state.stats, hangup_after)
+        await serve_call(websocket, app.state.stats, hangup_after, dialect, rate)
 
     app.add_api_websocket_route(WS_PATH, endpoint)
     app.add_api_websocket_route(WS_PATH + "/{rest:path}", endpoint)
     return app
 
 
-async def serve_call(websocket: WebSocket, stats: EchoBotStats, hangup_after: float | None) -> None:
-    """One connection: the Twilio handshake as Pipecat's runner reads it, then the echo."""
+class HandshakeRefused(Exception):
+    """The peer did not open the call the way the bot's dialect does."""
+
+
+async def serve_call(
+    websocket: WebSocket,
+    stats: EchoBotStats,
+    hangup_after: float | None,
+    dialect: str = "twilio",
+    sample_rate: int = 8000,
+) -> None:
+    """One connection: the dialect's handshake as a stock bot reads it, then the echo."""
     await websocket.accept()
+    try:
+        call = await _handshake(websocket, dialect)
+    except HandshakeRefused as exc:
+        stats.rejected.append(str(exc))
+        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
+        return
+    stats.add_call(call)
+    try:
+        await _run_echo(websocket, call, _serializer(call, sample_rate), sample_rate, hangup_after)
+    finally:
+        call.finished.set()
+
+
+async def _handshake(websocket: WebSocket, dialect: str) -> EchoCallStats:
+    if dialect == "vonage":
+        return await _vonage_handshake(websocket)
     try:
         transport_type, call_data = await parse_telephony_websocket(websocket)
     except Exception as exc:  # what a stock bot dies of; recorded for the tests
-        stats.rejected.append(f"handshake failed: {exc.__class__.__name__}: {exc}")
-        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
-        return
-    if transport_type != "twilio" or not call_data.stream_id:
-        stats.rejected.append(f"unsupported telephony provider: {transport_type}")
-        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
-        return
-    call = EchoCallStats(
+        raise HandshakeRefused(f"handshake failed: {exc.__class__.__name__}: {exc}") from exc
+    if transport_type != dialect or not call_data.stream_id:
+        raise HandshakeRefused(f"unsupported telephony provider: {transport_type}")
+    parameters = call_data.body if dialect == "twilio" else call_data.custom_parameters
+    return EchoCallStats(
         path=websocket.url.path,
         stream_sid=call_data.stream_id,
         call_sid=call_data.call_id or "",
-        custom_parameters=dict(call_data.body),
+        custom_parameters=dict(parameters) if isinstance(parameters, dict) else {},
+        dialect=dialect,
     )
-    stats.add_call(call)
+
+
+async def _vonage_handshake(websocket: WebSocket) -> EchoCallStats:
+    """Vonage opens with a `websocket:connected` text message carrying the call's headers."""
+    message = await websocket.receive()
     try:
-        await _run_echo(websocket, call, hangup_after)
-    finally:
-        call.finished.set()
+        connected = json.loads(message.get("text") or "")
+    except ValueError:
+        connected = None
+    if not isinstance(connected, dict) or connected.get("event") != "websocket:connected":
+        raise HandshakeRefused("vonage handshake failed: no websocket:connected message")
+    content_type = connected.get("content-type")
+    if content_type != f"audio/l16;rate={VONAGE_RATE}":
+        raise HandshakeRefused(f"vonage handshake failed: content-type {content_type!r}")
+    headers = {k: v for k, v in connected.items() if k not in ("event", "content-type")}
+    return EchoCallStats(
+        path=websocket.url.path,
+        stream_sid="",
+        call_sid=str(headers.get("call_id", "")),
+        custom_parameters=headers,
+        dialect="vonage",
+    )
+
+
+def _serializer(call: EchoCallStats, sample_rate: int) -> FrameSerializer:
+    if call.dialect == "exotel":
+        return ExotelFrameSerializer(
+            call.stream_sid,
+            call_sid=call.call_sid,
+            params=ExotelFrameSerializer.InputParams(exotel_sample_rate=sample_rate),
+        )
+    if call.dialect == "vonage":
+        params = VonageFrameSerializer.InputParams(vonage_sample_rate=VONAGE_RATE)
+        return VonageFrameSerializer(params=params)
+    return TwilioFrameSerializer(
+        call.stream_sid,
+        call_sid=call.call_sid,
+        params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
+    )
 
 
 async def _close_quietly(websocket: WebSocket, code: int) -> None:
@@ -158,20 +245,21 @@ async def _close_quietly(websocket: WebSocket, code: int) -> None:
         await websocket.close(code=code)
 
 
-async def _run_echo(websocket: WebSocket, call: EchoCallStats, hangup_after: float | None) -> None:
-    serializer = TwilioFrameSerializer(
-        call.stream_sid,
-        call_sid=call.call_sid,
-        params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
-    )
+async def _run_echo(
+    websocket: WebSocket,
+    call: EchoCallStats,
+    serializer: FrameSerializer,
+    sample_rate: int,
+    hangup_after: float | None,
+) -> None:
     transport = FastAPIWebsocketTransport(
         websocket=websocket,
         params=FastAPIWebsocketParams(
             serializer=serializer,
             audio_in_enabled=True,
             audio_out_enabled=True,
-            audio_in_sample_rate=SAMPLE_RATE,
-            audio_out_sample_rate=SAMPLE_RATE,
+            audio_in_sample_rate=sample_rate,
+            audio_out_sample_rate=sample_rate,
             add_wav_header=False,
             allowed_origins=[],
         ),
@@ -179,7 +267,7 @@ async def _run_echo(websocket: WebSocket, call: EchoCallStats, hangup_after: flo
     worker = PipelineWorker(
         Pipeline([transport.input(), EchoProcessor(call), transport.output()]),
         # The serializer takes its PCM rate from here, not from the transport params.
-        params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE),
+        params=PipelineParams(audio_in_sample_rate=sample_rate, audio_out_sample_rate=sample_rate),
         enable_rtvi=False,
         idle_timeout_secs=None,
     )
@@ -258,13 +346,20 @@ class EchoBot:
 
 @contextlib.asynccontextmanager
 async def run_echo_bot(
-    host: str = "127.0.0.1", port: int = 0, hangup_after: float | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    hangup_after: float | None = None,
+    dialect: str = "twilio",
+    sample_rate: int | None = None,
 ) -> AsyncIterator[EchoBot]:
     """Serve the echo bot on this loop until the block exits; port 0 picks a free port."""
     quiet_pipecat_logs()
     stats = EchoBotStats()
+    app = create_app(
+        stats=stats, hangup_after=hangup_after, dialect=dialect, sample_rate=sample_rate
+    )
     config = uvicorn.Config(
-        create_app(stats=stats, hangup_after=hangup_after),
+        app,
         log_level="warning",
         lifespan="off",
         ws="websockets-sansio",
@@ -294,16 +389,26 @@ async def run_echo_bot(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Pipecat echo bot (Twilio Media Streams)")
+    parser = argparse.ArgumentParser(description="Pipecat echo bot (Twilio, Exotel or Vonage)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--dialect", choices=DIALECTS, default="twilio")
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        choices=PIPELINE_RATES,
+        default=None,
+        help="pipeline (and exotel stream) rate; default: the dialect's (vonage 16000, else 8000)",
+    )
     parser.add_argument("--hangup-after", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--verbose", action="store_true", help="keep Pipecat's debug logs")
     args = parser.parse_args(argv)
     if not args.verbose:
         quiet_pipecat_logs()
-    app = create_app(hangup_after=args.hangup_after)
-    print(f"echo bot on ws://{args.host}:{args.port}{WS_PATH}", file=sys.stderr)
+    app = create_app(
+        hangup_after=args.hangup_after, dialect=args.dialect, sample_rate=args.sample_rate
+    )
+    print(f"{args.dialect} echo bot on ws://{args.host}:{args.port}{WS_PATH}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
 
 
