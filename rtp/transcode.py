@@ -49,8 +49,9 @@ _G711_DECODE = {"ulaw": ULAW_TO_PCM16, "alaw": ALAW_TO_PCM16}
 _G711_ENCODE = {"ulaw": PCM16_TO_ULAW, "alaw": PCM16_TO_ALAW}
 
 # Resampler design. 3 ms of delay buys 97 taps at 16 kHz: a transition band of ~830 Hz
-# centred just below the lower rate's Nyquist frequency, so 8 kHz speech (300-3400 Hz)
-# passes flat and what would alias or image lands >= 80 dB down.
+# centred just below the lower rate's Nyquist frequency (3.8 kHz for 8 <-> 16 kHz), so
+# telephone speech (300-3400 Hz) passes flat and what would alias or image from beyond
+# ~4.2 kHz lands ~80 dB down.
 RESAMPLER_DELAY_MS = 3
 _CUTOFF = 0.475  # of the lower sample rate
 _KAISER_BETA = 7.86  # 80 dB stopband (Kaiser's formula: 0.1102 * (80 - 8.7))
