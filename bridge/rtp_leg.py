@@ -1,21 +1,28 @@
 """The RTP-over-UDP media leg: one UDP socket per call, a thin shell over the pure `rtp` core.
 
 Inbound: a datagram is accepted only from the address Asterisk announced for this channel
-(UNICASTRTP_LOCAL_ADDRESS/PORT), only if it is valid RTP of the call's payload type, and only
-once per sequence number; anything else is counted and dropped, never fatal.
-Outbound: the shared Ticker calls `on_tick` every 20 ms; each tick sends one frame from the
-same socket we gave as `external_host` (Asterisk's strict RTP locks onto the first source that
-sends to it, asterisk-facts §7): the bot's audio when some is queued, silence otherwise.
+(UNICASTRTP_LOCAL_ADDRESS/PORT), only if it is valid RTP of the format the channel sends
+(`audio_format`); anything else is counted and dropped, never fatal. Accepted packets go
+through a small reorder window (`rtp.jitter`) that costs nothing while they come in order.
+When the caller's RTP stops (a silent Local caller sends nothing at all, asterisk-facts §8),
+silence in the caller's format is handed on once per tick so the bot's VAD keeps running.
+
+Outbound: the shared Ticker calls `on_tick` every 20 ms; each tick sends one frame of
+`tx_format` from the same socket we gave as `external_host` (Asterisk's strict RTP locks onto
+the first source that sends to it, asterisk-facts §7): the bot's audio when some is queued,
+silence otherwise. Each talkspurt starts after a small reserve (`rtp.pacer.Playout`). The
+formats differ for slin16 calls: Asterisk sends PT 118 but drops it inbound (§10), so those
+calls are answered in ulaw.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import ipaddress
+import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ari.models import Channel
@@ -25,12 +32,18 @@ from bridge.media import MediaEvents
 from bridge.ports import PortPool
 from bridge.ticker import Ticker
 from rtp.formats import AudioFormat
-from rtp.inbound import SequenceTracker
-from rtp.pacer import FrameQueue
+from rtp.jitter import ReorderBuffer
+from rtp.pacer import FrameQueue, Playout
 from rtp.packet import MAX_DATAGRAM, parse_header_fast
 from rtp.sender import RtpSender
 
 _BIND_ATTEMPTS = 16
+_PTIME_MS = 20
+# Caller silence starts after this many ticks in a row without caller audio. Asterisk's packets
+# come 13.7-26.4 ms apart (asterisk-facts §9), so a live stream can leave one tick empty, never
+# two: the fill begins 40-60 ms after the last packet. A gap the reorder window is waiting on
+# is never filled; the held audio comes out when the window closes.
+_CALLER_FILL_AFTER_TICKS = 2
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -55,46 +68,68 @@ class RtpLeg:
         ticker: Ticker,
         audio_format: AudioFormat,
         asterisk_host: str,
+        tx_format: AudioFormat | None = None,
         max_queue_ms: int = 2000,
         silence_fill: bool = True,
+        caller_silence_fill: bool = True,
+        playout_reserve_ms: int = 40,
+        reorder_window_ms: int = 40,
         rng: random.Random | None = None,
         log: Any = None,
     ) -> None:
+        if playout_reserve_ms < 0 or reorder_window_ms < 0:
+            raise ValueError("playout_reserve_ms and reorder_window_ms must not be negative")
+        tx_format = tx_format or audio_format
         self._events = events
         self._host = host
         self._pool = pool
         self._ticker = ticker
         self._format = audio_format
+        self._tx_format = tx_format
+        self._rx_payload_type = int(audio_format.payload_type)
         self._asterisk_host = asterisk_host
         self._silence_fill = silence_fill
+        self._caller_silence_fill = caller_silence_fill
+        self._max_queue_ms = max_queue_ms
         self._log = log or get_logger("bridge.rtp")
         rng = rng or random.SystemRandom()
         self._sender = RtpSender(
-            audio_format,
+            tx_format,
             ssrc=rng.getrandbits(32),
             sequence_number=rng.getrandbits(16),
             timestamp=rng.getrandbits(32),
         )
-        frame_bytes = audio_format.frame_bytes()
-        self._silence = audio_format.silence()
-        self._queue = FrameQueue(
+        frame_bytes = tx_format.frame_bytes()
+        self._silence = tx_format.silence()
+        queue = FrameQueue(
             frame_bytes, self._silence, max_bytes=max(frame_bytes, frame_bytes * max_queue_ms // 20)
         )
-        self._tracker = SequenceTracker()
+        self._playout = Playout(queue, math.ceil(playout_reserve_ms / _PTIME_MS))
+        self._reorder = ReorderBuffer(math.ceil(reorder_window_ms / _PTIME_MS))
+        self._caller_silence = audio_format.silence()
+        # Ticks in a row without caller audio; starting at the threshold fills from the first
+        # tick, since Asterisk sends nothing until the caller makes a sound.
+        self._rx_quiet_ticks = _CALLER_FILL_AFTER_TICKS - 1
+        self._rx_delivered_seen = 0
         self._transport: asyncio.DatagramTransport | None = None
         self.port: int | None = None
         self.remote: tuple[str, int] | None = None
+        # The remote's parts, for the per-packet check; None matches no source before start.
+        self._remote_host: str | None = None
+        self._remote_port: int | None = None
         self._draining = False
         self._talking = False
+        self._overflowing = False
         self._closed = False
         self._counters: dict[str, int] = {
-            "rx_packets": 0,
+            "rx_silence_filled": 0,
             "tx_packets": 0,
             "tx_silence": 0,
+            "tx_overflow_bytes": 0,
+            "tx_overflow_bursts": 0,
             "rx_bad": 0,
             "rx_wrong_source": 0,
             "rx_wrong_pt": 0,
-            "rx_duplicate": 0,
             "rx_oversize": 0,
             "rx_before_start": 0,
             "icmp_errors": 0,
@@ -135,24 +170,29 @@ class RtpLeg:
             # Asterisk bound its RTP to a wildcard; its packets come from the ARI host.
             address = self._asterisk_host
         self.remote = (address, int(port_text))
+        self._remote_host, self._remote_port = self.remote
         self._ticker.add(self)
 
     def play(self, audio: bytes) -> None:
-        dropped = self._queue.push(audio)
+        playout = self._playout
+        if not playout.playing:
+            self._overflowing = False  # a new talkspurt: a new burst may be logged
+        dropped = playout.push(audio)
         if dropped:
-            self.count("tx_overflow_bytes", dropped)
+            self._overflow(dropped)
 
     def clear(self) -> None:
-        marks = self._queue.clear()
+        self._overflowing = False
+        marks = self._playout.clear()
         if marks:
             self._events.on_marks_played(marks)
 
     def mark(self, name: str) -> None:
-        self._queue.add_mark(name)
+        self._playout.queue.add_mark(name)
 
     def drain(self) -> None:
         self._draining = True
-        self._queue.flush_tail()
+        self._playout.flush()
         if self._transport is None or self.remote is None:
             self._events.on_playout_drained()
 
@@ -168,8 +208,18 @@ class RtpLeg:
             self._pool.release(self.port)
 
     def stats(self) -> dict[str, int]:
-        inbound = dataclasses.asdict(self._tracker.stats())
-        return {**self._counters, **{f"rx_seq_{k}": v for k, v in inbound.items()}}
+        reorder = self._reorder
+        return {
+            "rx_packets": reorder.delivered,
+            **self._counters,
+            "rx_lost": reorder.lost,
+            "rx_late": reorder.late,
+            "rx_duplicate": reorder.duplicates,
+            "rx_reordered": reorder.reordered,
+            "rx_jumps": reorder.jumps,
+            "rx_ssrc_changes": reorder.ssrc_changes,
+            "rx_restarts": reorder.restarts,
+        }
 
     # ---- inbound ------------------------------------------------------------------------
 
@@ -177,33 +227,57 @@ class RtpLeg:
         self._counters[name] = self._counters.get(name, 0) + n
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        counters = self._counters
-        if self.remote is None:
-            counters["rx_before_start"] += 1
-            return
-        if addr[0] != self.remote[0] or addr[1] != self.remote[1]:
-            counters["rx_wrong_source"] += 1
-            if counters["rx_wrong_source"] in (1, 100, 10000):
-                self._log.warning("rtp_wrong_source", source=f"{addr[0]}:{addr[1]}")
+        # The hot path: a few comparisons, one unpack, one slice for a packet in order.
+        if addr[0] != self._remote_host or addr[1] != self._remote_port:
+            self._from_elsewhere(addr)
             return
         if len(data) > MAX_DATAGRAM:
-            counters["rx_oversize"] += 1
+            self._counters["rx_oversize"] += 1
             return
         try:
             # Same checks as RtpPacket.parse, without building an object (8x faster).
             payload_type, sequence, _ts, ssrc, _marker, payload = parse_header_fast(data)
         except RtpParseError as exc:
-            counters["rx_bad"] += 1
+            self._counters["rx_bad"] += 1
             self._log.debug("rtp_rejected", reason=str(exc))
             return
-        if payload_type != self._format.payload_type:
-            counters["rx_wrong_pt"] += 1
+        if payload_type != self._rx_payload_type:
+            self._counters["rx_wrong_pt"] += 1
             return
-        if not self._tracker.accept(sequence, ssrc):
-            counters["rx_duplicate"] += 1
+        reorder = self._reorder
+        if reorder.push(sequence, ssrc, payload):
+            self._events.on_caller_audio(payload)
+        elif reorder.ready:
+            self._deliver(reorder.take_ready())
+
+    def _from_elsewhere(self, addr: Any) -> None:
+        counters = self._counters
+        if self.remote is None:
+            counters["rx_before_start"] += 1
             return
-        counters["rx_packets"] += 1
-        self._events.on_caller_audio(payload)
+        counters["rx_wrong_source"] += 1
+        if counters["rx_wrong_source"] in (1, 100, 10000):
+            self._log.warning("rtp_wrong_source", source=f"{addr[0]}:{addr[1]}")
+
+    def _deliver(self, payloads: Iterable[bytes]) -> None:
+        on_caller_audio = self._events.on_caller_audio
+        for payload in payloads:
+            on_caller_audio(payload)
+
+    def _fill_caller_silence(self, frames: int, skipped: int) -> None:
+        delivered = self._reorder.delivered
+        if delivered != self._rx_delivered_seen:
+            self._rx_delivered_seen = delivered
+            self._rx_quiet_ticks = 0
+            return
+        if self._reorder.holding:
+            return
+        quiet = self._rx_quiet_ticks = self._rx_quiet_ticks + frames + skipped
+        fill = min(frames, quiet - _CALLER_FILL_AFTER_TICKS + 1)
+        if fill > 0:
+            self._counters["rx_silence_filled"] += fill
+            for _ in range(fill):
+                self._events.on_caller_audio(self._caller_silence)
 
     # ---- outbound (called by the Ticker) ------------------------------------------------
 
@@ -211,11 +285,17 @@ class RtpLeg:
         transport, remote = self._transport, self.remote
         if transport is None or remote is None:
             return
+        released = self._reorder.tick(frames + skipped)
+        if released:
+            self._deliver(released)
+        if self._caller_silence_fill:
+            self._fill_caller_silence(frames, skipped)
         if skipped:
             self._sender.skip(skipped)
+        playout = self._playout
         for _ in range(frames):
-            frame, marks = self._queue.pop_frame()
-            if frame is None and self._draining:
+            frame, marks = playout.next_frame()
+            if frame is None and self._draining and not playout.holding:
                 if marks:
                     self._events.on_marks_played(list(marks))
                 self._draining = False
@@ -237,6 +317,16 @@ class RtpLeg:
     def on_tick_error(self, exc: Exception) -> None:
         self._log.error("rtp_tick_failed", error=repr(exc))
         self._events.on_media_failed(f"send failed: {exc!r}")
+
+    def _overflow(self, dropped: int) -> None:
+        self._counters["tx_overflow_bytes"] += dropped
+        if not self._overflowing:
+            # Once per burst: a bot far ahead of real time would otherwise log every message.
+            self._overflowing = True
+            self._counters["tx_overflow_bursts"] += 1
+            self._log.warning(
+                "bot_audio_overflow", dropped_bytes=dropped, max_queue_ms=self._max_queue_ms
+            )
 
 
 def _host_for_url(host: str) -> str:

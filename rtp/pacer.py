@@ -5,7 +5,7 @@ The adapter owns the timer. Each time it fires, with `now` from the loop's monot
     frames = clock.due(now)
     sender.skip(clock.skipped)          # media time lost to a stall; skipped ticks come first
     for _ in range(frames):
-        frame, marks = queue.pop_frame()  # None: nothing to say, send silence or nothing
+        frame, marks = playout.next_frame()  # None: nothing to say, send silence or nothing
         ...
     loop.call_at(clock.next_deadline, ...)
 
@@ -13,6 +13,9 @@ Deadlines sit on a fixed grid `start + k * period`, so timer lateness never accu
 drift. After a stall the clock sends at most `max_burst` frames at once and skips the rest of
 the missed ticks: the queued audio is delayed rather than lost, and the RTP timestamps, which
 the skipped ticks still advance, keep tracking real time.
+
+`FrameQueue` turns bot audio of any chunking into exact frames and keeps the marks; `Playout`
+decides per tick whether a frame goes out, holding a small reserve at each talkspurt start.
 """
 
 from __future__ import annotations
@@ -156,6 +159,12 @@ class FrameQueue:
             return frame, _NO_MARKS
         return frame, self._release_marks()
 
+    def pop_marks(self) -> tuple[str, ...]:
+        """The marks whose audio is all out already, without taking a frame."""
+        if not self._marks:
+            return _NO_MARKS
+        return self._release_marks()
+
     def flush_tail(self) -> int:
         """Pad a trailing partial frame with silence so it can go out; return the pad size."""
         partial = self.queued_bytes % self.frame_bytes
@@ -189,3 +198,73 @@ class FrameQueue:
             f"FrameQueue({self.queued_bytes} bytes queued, {len(self._marks)} marks, "
             f"dropped={self.dropped_bytes})"
         )
+
+
+class Playout:
+    """A FrameQueue played one frame per tick, with a reserve at the start of each talkspurt.
+
+    A bot that sends at exactly real time leaves the queue nearly empty between its messages,
+    so the slightest lateness of one message would put a frame of silence inside its speech.
+    When a talkspurt starts (audio arrives while nothing is playing), sending waits until a
+    full reserve would remain queued after the first frame, or for `reserve_frames` ticks,
+    whichever comes first. The first frame then goes out exactly `reserve_frames` ticks later
+    than it would have, and every later message may be up to that much late without a gap.
+    A sender far ahead of real time (a long message) starts at once.
+
+    Marks whose audio is all out are still released while holding. `flush()` (drain) ends any
+    hold so everything queued plays out; `clear()` (barge-in) ends the talkspurt.
+    """
+
+    __slots__ = ("_held_ticks", "_holding", "_release_bytes", "playing", "queue", "reserve_frames")
+
+    def __init__(self, queue: FrameQueue, reserve_frames: int) -> None:
+        if reserve_frames < 0:
+            raise ValueError(f"reserve_frames must not be negative, got {reserve_frames}")
+        self.queue = queue
+        self.reserve_frames = reserve_frames
+        # The frame this tick sends, and the reserve behind it.
+        self._release_bytes = (reserve_frames + 1) * queue.frame_bytes
+        # In a talkspurt: from the audio that started it until the queue runs dry.
+        self.playing = False
+        self._holding = False
+        self._held_ticks = 0
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
+    def push(self, data: bytes) -> int:
+        """Queue bot audio; return how many bytes did not fit (see `FrameQueue.push`)."""
+        if not self.playing and data:
+            self.playing = True
+            self._holding = self.reserve_frames > 0
+            self._held_ticks = 0
+        return self.queue.push(data)
+
+    def next_frame(self) -> tuple[bytes | None, tuple[str, ...]]:
+        """This tick's frame (None: nothing to say) and the marks it released."""
+        queue = self.queue
+        if self._holding:
+            if self._held_ticks < self.reserve_frames and queue.queued_bytes < self._release_bytes:
+                self._held_ticks += 1
+                return None, queue.pop_marks()
+            self._holding = False
+        frame, marks = queue.pop_frame()
+        # Ran dry: the next audio starts a new talkspurt, with a new reserve.
+        self.playing = frame is not None
+        return frame, marks
+
+    def flush(self) -> int:
+        """Play out everything: pad the tail to a frame and stop holding. Returns the pad."""
+        self._holding = False
+        return self.queue.flush_tail()
+
+    def clear(self) -> list[str]:
+        """Drop everything queued now; return every pending mark."""
+        self.playing = False
+        self._holding = False
+        return self.queue.clear()
+
+    def __repr__(self) -> str:
+        state = "holding" if self._holding else "playing" if self.playing else "idle"
+        return f"Playout({state}, reserve={self.reserve_frames} frames, {self.queue!r})"

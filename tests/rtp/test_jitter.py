@@ -339,3 +339,40 @@ def test_any_input_never_raises_and_never_delivers_a_number_twice(
     held = len(buffer._held)
     stats = buffer.stats()
     assert pushes == stats.delivered + held + stats.duplicates + stats.late + stats.jumps
+
+
+@st.composite
+def lossy_stream(draw: st.DrawFn, window: int) -> list[int]:
+    """Offsets from a start number, some dropped, some doubled, each copy overtaken by at
+    most `window` later numbers; offset 0 arrives first."""
+    count = draw(st.integers(1, 300))
+    copies = draw(st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=count, max_size=count))
+    delays = draw(st.lists(st.integers(0, window), min_size=2 * count, max_size=2 * count))
+    ties = draw(st.lists(st.integers(0, 1000), min_size=2 * count, max_size=2 * count))
+    keyed = sorted(
+        (offset + delays[2 * offset + copy], ties[2 * offset + copy], offset)
+        for offset in range(1, count)
+        for copy in range(copies[offset])
+    )
+    return [0, *(offset for _, _, offset in keyed)]
+
+
+@given(st.integers(0, 6).flatmap(lambda w: st.tuples(st.just(w), lossy_stream(w))),
+       st.integers(0, 0xFFFF))  # fmt: skip
+def test_loss_and_duplicates_are_counted_exactly(case: tuple[int, list[int]], start: int) -> None:
+    window, offsets = case
+    buffer = ReorderBuffer(window)
+    out: list[int] = []
+    for offset in offsets:
+        out += push(buffer, uint16_add(start, offset))
+    out += numbers(buffer.flush())
+    arrived = sorted(set(offsets))
+    assert out == [uint16_add(start, offset) for offset in arrived]
+    assert_stats(
+        buffer,
+        delivered=len(arrived),
+        duplicates=len(offsets) - len(arrived),
+        lost=arrived[-1] + 1 - len(arrived),
+        late=0,
+        jumps=0,
+    )
