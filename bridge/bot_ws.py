@@ -1,9 +1,35 @@
 """The per-call bot WebSocket: a thin shell around a `websockets` client connection.
 
-Sends never block the caller: messages go into a bounded queue drained by one writer task, so
-a bot that stops reading costs that call its newest media (dropped and counted), never the
-event loop or the other calls. Connected without permessage-deflate: audio does not compress
-and deflate costs ~30% CPU (bot-side.md).
+Opening. `connect()` has one deadline (`open_timeout`) and retries inside it, with a short
+doubling backoff, whatever may get better by itself: a refused or reset connection, a timeout,
+a handshake dropped half-way, a 5xx answer (a bot restarting or behind a busy proxy). It does not
+retry what will not: a 4xx answer (401/403/404 mean wrong credentials or URL), a TLS failure
+(an untrusted certificate stays untrusted) or a server that is not a WebSocket server. Every
+failed attempt is logged once; the final failure raises `BotConnectError`. Neither carries a
+secret: URLs lose their userinfo and query string, header values are never printed, and
+`websockets`' own debug lines (which dump request headers) are switched off.
+
+Sending. Sends never block the caller: messages go into a bounded queue drained by one writer
+task, so a bot that stops reading costs that call its newest media (dropped and counted), never
+the event loop or the other calls. A bot that stops reading is failed within about
+`stall_timeout`, by whichever of two checks sees it first:
+- the writer makes no progress for `stall_timeout` (the bot's TCP window and our buffer are
+  full): `on_closed(None, "bot stopped reading for N s")` once, and the transport is aborted,
+  because a close frame would queue behind the data the bot is not reading. One watchdog timer
+  per connection, armed only while the writer has work, checks this; no per-message timer.
+- a keepalive ping goes unanswered: pings every `stall_timeout / 2`, each given as long for its
+  pong. This is the check that usually fires: at telephony rates (~15 kB/s) the kernel buffers
+  of a loopback or LAN connection (MBs) take minutes to fill before any write blocks.
+  websockets then closes with 1011 "keepalive ping timeout", reported after `close_timeout`.
+
+Closing. `close()` is bounded by `close_timeout` as a whole (flush, close frame, the bot's
+answer): `websockets`' own close timeout starts only once the close frame is written, and
+writing it waits for a window a non-reading bot never opens; past the deadline the transport
+is aborted.
+
+Limits. A bot message over `max_size` (1 MiB) ends that connection with 1009, reported through
+`on_closed`. Connected without permessage-deflate: audio does not compress and deflate costs
+~30% CPU (bot-side.md).
 """
 
 from __future__ import annotations
@@ -11,17 +37,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable
+import logging
+import ssl
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from bridge.errors import BotConnectError
-from bridge.logs import redact_url
+from bridge.logs import get_logger, redact_url
 
 MAX_BOT_MESSAGE = 1 << 20
 SEND_QUEUE_LIMIT = 500  # 10 s of 20 ms media: far beyond any healthy bot's lag
+FIRST_RETRY_DELAY = 0.1
+MAX_RETRY_DELAY = 1.0
 
 
 class BotConnection:
@@ -32,42 +64,113 @@ class BotConnection:
         on_message: Callable[[str | bytes], None],
         on_closed: Callable[[int | None, str], None],
         open_timeout: float = 3.0,
+        stall_timeout: float = 5.0,
+        close_timeout: float = 2.0,
+        ca_file: str = "",
+        headers: Sequence[tuple[str, str]] = (),
         max_size: int = MAX_BOT_MESSAGE,
         queue_limit: int = SEND_QUEUE_LIMIT,
+        log: Any = None,
     ) -> None:
         self.url = url
         self._on_message = on_message
         self._on_closed = on_closed
         self._open_timeout = open_timeout
+        self._stall_timeout = stall_timeout
+        self._close_timeout = close_timeout
+        self._ca_file = ca_file
+        self._headers = tuple(headers)
         self._max_size = max_size
         self._queue: collections.deque[str | bytes] = collections.deque()
         self._queue_limit = queue_limit
+        self._log = (log if log is not None else get_logger(__name__)).bind(bot=safe_url(url))
         self._wake = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._closing = False  # no more sends
+        self._closing = False  # no more sends, no more reports
         self._closed = False  # close() ran
+        self._writing = False  # the writer has taken work and not finished it
+        self._progress_at = 0.0  # loop time the writer last completed a send or woke up
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.connect_attempts = 0
         self.sent = 0
         self.dropped = 0
         self.received = 0
 
+    def __repr__(self) -> str:
+        return f"BotConnection({safe_url(self.url)}, sent={self.sent}, dropped={self.dropped})"
+
+    # ---- opening ------------------------------------------------------------------------
+
     async def connect(self) -> None:
-        try:
-            self._ws = await connect(
-                self.url,
-                compression=None,
-                max_size=self._max_size,
-                open_timeout=self._open_timeout,
-                ping_interval=20,
-                ping_timeout=20,
-                close_timeout=2,
-            )
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            raise BotConnectError(
-                f"cannot open bot WebSocket {redact_url(self.url)}: {type(exc).__name__} {exc}"
-            ) from None
         loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._open_timeout
+        ssl_context = self._ssl_context()
+        delays = _backoff()
+        while True:
+            self.connect_attempts += 1
+            try:
+                self._ws = await self._open(ssl_context, max(deadline - loop.time(), 0.0))
+                break
+            except (OSError, websockets.WebSocketException) as exc:
+                error = self._scrub(f"{type(exc).__name__}: {exc}")
+                worth_it = _worth_retrying(exc)
+                delay = next(delays)
+                # An attempt squeezed into the last moments would only replace the real error
+                # with a timeout: give up when the next one could not start before the deadline.
+                retry = worth_it and loop.time() + delay < deadline
+                self._log.info(
+                    "bot_connect_failed",
+                    attempt=self.connect_attempts,
+                    error=error,
+                    retry_in=delay if retry else None,
+                )
+                if not retry:
+                    why = "gave up" if worth_it else "not retried"
+                    raise BotConnectError(
+                        f"cannot open bot WebSocket {safe_url(self.url)}: {error} ({why} after "
+                        f"{self.connect_attempts} attempt(s) in {loop.time() - started:.1f} s)"
+                    ) from None
+                await asyncio.sleep(delay)
         self._tasks = [loop.create_task(self._reader()), loop.create_task(self._writer())]
+
+    async def _open(self, ssl_context: ssl.SSLContext | None, budget: float) -> ClientConnection:
+        extra: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
+        return await connect(
+            self.url,
+            compression=None,
+            additional_headers=self._headers or None,
+            max_size=self._max_size,
+            open_timeout=budget,
+            ping_interval=self._stall_timeout / 2,
+            ping_timeout=self._stall_timeout / 2,
+            close_timeout=self._close_timeout,
+            logger=_WEBSOCKETS_LOGGER,
+            **extra,
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """A context trusting `ca_file` for wss://; None means websockets' default, which
+        verifies against the system CAs. A ws:// URL ignores ca_file (websockets refuses it)."""
+        if not self._ca_file or urlsplit(self.url).scheme != "wss":
+            return None
+        try:
+            return ssl.create_default_context(cafile=self._ca_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise BotConnectError(
+                f"cannot load bot CA file {self._ca_file}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _scrub(self, text: str) -> str:
+        """Error text without the URL's secrets or any header value."""
+        parts = urlsplit(self.url)
+        for secret in (parts.query, parts.username, parts.password, *(v for _, v in self._headers)):
+            if secret:
+                text = text.replace(secret, "***")
+        return redact_url(text)
+
+    # ---- sending ------------------------------------------------------------------------
 
     def send(self, message: str | bytes) -> bool:
         """Queue a message; False (and counted) when the bot is too far behind."""
@@ -80,46 +183,56 @@ class BotConnection:
         self._wake.set()
         return True
 
-    async def close(self, final: list[str | bytes] | None = None, code: int = 1000) -> None:
-        """Send `final` after what is queued, close with `code`, stop the tasks; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for message in final or ():
-            self.send(message)
-        already_closing = self._closing
-        self._closing = True
-        ws = self._ws
-        if ws is not None and not already_closing:
-            with contextlib.suppress(asyncio.TimeoutError, websockets.WebSocketException):
-                await asyncio.wait_for(self._flush(ws), timeout=2.0)
-            with contextlib.suppress(websockets.WebSocketException, OSError):
-                await ws.close(code)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _flush(self, ws: ClientConnection) -> None:
-        while self._queue:
-            await ws.send(self._queue.popleft())
-            self.sent += 1
-
     async def _writer(self) -> None:
         assert self._ws is not None
         ws = self._ws
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._closing:
                 return  # close() flushes the rest itself
+            self._writing = True
+            self._progress_at = loop.time()
+            if self._watchdog is None:
+                self._watchdog = loop.call_at(
+                    self._progress_at + self._stall_timeout, self._check_stall
+                )
             try:
                 while self._queue and not self._closing:
                     await ws.send(self._queue.popleft())
                     self.sent += 1
+                    self._progress_at = loop.time()
             except websockets.ConnectionClosed:
                 return  # the reader reports the close
+            finally:
+                self._writing = False
+
+    def _check_stall(self) -> None:
+        self._watchdog = None
+        if self._closing or not self._writing:
+            return  # idle: the writer re-arms when it next gets work
+        loop = asyncio.get_running_loop()
+        stalled_for = loop.time() - self._progress_at
+        if stalled_for < self._stall_timeout:
+            self._watchdog = loop.call_at(
+                self._progress_at + self._stall_timeout, self._check_stall
+            )
+            return
+        self._closing = True
+        self._log.warning(
+            "bot_stalled",
+            seconds=round(stalled_for, 2),
+            queued=len(self._queue),
+            sent=self.sent,
+            dropped=self.dropped,
+        )
+        self._queue.clear()
+        if self._ws is not None:
+            self._ws.transport.abort()  # a close frame would queue behind the unread data
+        self._on_closed(None, f"bot stopped reading for {stalled_for:.1f} s")
+
+    # ---- receiving ----------------------------------------------------------------------
 
     async def _reader(self) -> None:
         assert self._ws is not None
@@ -131,13 +244,120 @@ class BotConnection:
                 self.received += 1
                 self._on_message(message)
         except websockets.ConnectionClosed:
-            pass
-        if ws.close_code is not None:
-            code, reason = ws.close_code, ws.close_reason or ""
+            code, reason = _close_report(ws)
+        except Exception as exc:
+            # A bug in on_message must end this bot connection visibly, not kill the reader
+            # silently and leave the call waiting for a bot it no longer hears.
+            self._log.exception("bot_message_handler_crashed")
+            ws.transport.abort()
+            code, reason = None, f"bridge error handling a bot message: {type(exc).__name__}"
+        else:
+            code, reason = _close_report(ws)
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
                 task.cancel()  # the writer: nothing more can be sent
+        self._disarm_watchdog()
         if not self._closing:
             self._closing = True
             self._on_closed(code, reason)
+
+    # ---- closing ------------------------------------------------------------------------
+
+    async def close(self, final: list[str | bytes] | None = None, code: int = 1000) -> None:
+        """Send `final` after what is queued, close with `code`, stop the tasks; idempotent,
+        and done within close_timeout whatever the bot does."""
+        if self._closed:
+            return
+        self._closed = True
+        for message in final or ():
+            self.send(message)
+        already_closing = self._closing
+        self._closing = True
+        self._disarm_watchdog()
+        ws = self._ws
+        if ws is not None and not already_closing:
+            try:
+                async with asyncio.timeout(self._close_timeout):
+                    await self._flush(ws)
+                    await ws.close(code)
+            except TimeoutError:
+                self._log.info(
+                    "bot_close_timed_out", seconds=self._close_timeout, unsent=len(self._queue)
+                )
+                ws.transport.abort()
+            except (websockets.WebSocketException, OSError):
+                pass  # already gone: nothing left to close
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _flush(self, ws: ClientConnection) -> None:
+        while self._queue:
+            await ws.send(self._queue.popleft())
+            self.sent += 1
+
+    def _disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+
+def safe_url(url: str) -> str:
+    """scheme://host:port/path: no userinfo, and the query (where tokens ride) reduced to '?***'.
+    For logs and error texts, which need to say which bot, never how to log in to it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLEOFError):
+        return True  # the connection dropped mid-TLS-handshake: a bot (re)starting
+    if isinstance(exc, ssl.SSLError):
+        return False  # checked before OSError, its base: a bad certificate stays bad
+    if isinstance(exc, InvalidStatus):
+        return exc.response.status_code >= 500
+    if isinstance(exc, InvalidMessage):
+        return True  # the connection dropped mid-handshake: a bot (re)starting
+    if isinstance(exc, websockets.WebSocketException):
+        return False  # bad URI, not a WebSocket server, failed negotiation: configuration
+    return isinstance(exc, OSError)  # refused, reset, unreachable, timed out (TimeoutError)
+
+
+def _backoff() -> Iterator[float]:
+    delay = FIRST_RETRY_DELAY
+    while True:
+        yield delay
+        delay = min(delay * 2, MAX_RETRY_DELAY)
+
+
+def _close_report(ws: ClientConnection) -> tuple[int | None, str]:
+    """The close code and reason that describe what happened. When websockets failed the
+    connection on our side (1007 bad UTF-8, 1009 too big, 1011 ping timeout), the code it sent
+    says why; the bot's echo, or 1006 when there was none, would hide it."""
+    protocol = ws.protocol
+    sent = protocol.close_sent
+    if sent is not None and not protocol.close_rcvd_then_sent:
+        return int(sent.code), sent.reason
+    return ws.close_code, ws.close_reason or ""
+
+
+class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs every handshake header at debug (Authorization included) when its
+    logger is enabled for debug; this one never is, so a global debug level leaks nothing."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_WEBSOCKETS_LOGGER = _NoDebugLogger(logging.getLogger("websockets.client"), {})
