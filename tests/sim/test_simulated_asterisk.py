@@ -49,7 +49,6 @@ def basic() -> Recording:
     return load_recording("basic_ulaw")
 
 
-
 # -- pure: recordings, templates, RTP behaviour -------------------------------------------
 
 
