@@ -290,9 +290,10 @@ class RtpLeg:
             self._deliver(released)
         if self._caller_silence_fill:
             self._fill_caller_silence(frames, skipped)
+        playout = self._playout
         if skipped:
             self._sender.skip(skipped)
-        playout = self._playout
+            playout.skip(skipped)
         for _ in range(frames):
             frame, marks = playout.next_frame()
             if frame is None and self._draining and not playout.holding:

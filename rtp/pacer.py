@@ -203,31 +203,45 @@ class FrameQueue:
 class Playout:
     """A FrameQueue played one frame per tick, with a reserve at the start of each talkspurt.
 
-    A bot that sends at exactly real time leaves the queue nearly empty between its messages,
-    so the slightest lateness of one message would put a frame of silence inside its speech.
-    When a talkspurt starts (audio arrives while nothing is playing), sending waits until a
-    full reserve would remain queued after the first frame, or for `reserve_frames` ticks,
-    whichever comes first. The first frame then goes out exactly `reserve_frames` ticks later
-    than it would have, and every later message may be up to that much late without a gap.
-    A sender far ahead of real time (a long message) starts at once.
+    A bot that sends at exactly real time leaves the queue nearly empty between its messages:
+    a message a little late, or a frame that straddles two messages, would put silence inside
+    its speech. So when a talkspurt starts (audio arrives while nothing is playing) the first
+    frame waits `reserve_frames` ticks; every later message may then be up to that much late.
+
+    Only a sender that has shown it is ahead of real time by a full reserve starts sooner (a
+    TTS burst). How much queued audio alone proves nothing: a real-time sender's message
+    holds its whole length the moment it arrives, and the queue is as good as empty again
+    just before the next one. So the lead is counted without the largest message: after `n`
+    ticks a real-time sender can have sent at most `n` frames plus one message.
 
     Marks whose audio is all out are still released while holding. `flush()` (drain) ends any
     hold so everything queued plays out; `clear()` (barge-in) ends the talkspurt.
     """
 
-    __slots__ = ("_held_ticks", "_holding", "_release_bytes", "playing", "queue", "reserve_frames")
+    __slots__ = (
+        "_arrived",
+        "_held_ticks",
+        "_holding",
+        "_largest",
+        "_reserve_bytes",
+        "playing",
+        "queue",
+        "reserve_frames",
+    )
 
     def __init__(self, queue: FrameQueue, reserve_frames: int) -> None:
         if reserve_frames < 0:
             raise ValueError(f"reserve_frames must not be negative, got {reserve_frames}")
         self.queue = queue
         self.reserve_frames = reserve_frames
-        # The frame this tick sends, and the reserve behind it.
-        self._release_bytes = (reserve_frames + 1) * queue.frame_bytes
+        self._reserve_bytes = reserve_frames * queue.frame_bytes
         # In a talkspurt: from the audio that started it until the queue runs dry.
         self.playing = False
         self._holding = False
+        # Frame times held so far, and what the bot sent meanwhile (see `_ahead`).
         self._held_ticks = 0
+        self._arrived = 0
+        self._largest = 0
 
     @property
     def holding(self) -> bool:
@@ -235,17 +249,26 @@ class Playout:
 
     def push(self, data: bytes) -> int:
         """Queue bot audio; return how many bytes did not fit (see `FrameQueue.push`)."""
-        if not self.playing and data:
+        size = len(data)
+        if not self.playing and size:
             self.playing = True
             self._holding = self.reserve_frames > 0
-            self._held_ticks = 0
+            self._held_ticks = self._arrived = self._largest = 0
+        if self._holding:
+            self._arrived += size
+            self._largest = max(self._largest, size)
         return self.queue.push(data)
+
+    def skip(self, frames: int) -> None:
+        """Frame times lost to a stall count towards the hold: it is a matter of time."""
+        if self._holding:
+            self._held_ticks += frames
 
     def next_frame(self) -> tuple[bytes | None, tuple[str, ...]]:
         """This tick's frame (None: nothing to say) and the marks it released."""
         queue = self.queue
         if self._holding:
-            if self._held_ticks < self.reserve_frames and queue.queued_bytes < self._release_bytes:
+            if self._held_ticks < self.reserve_frames and not self._ahead():
                 self._held_ticks += 1
                 return None, queue.pop_marks()
             self._holding = False
@@ -264,6 +287,12 @@ class Playout:
         self.playing = False
         self._holding = False
         return self.queue.clear()
+
+    def _ahead(self) -> bool:
+        # This is tick `_held_ticks + 1` since the first audio, so at most that many frame
+        # times have passed; a real-time sender's lead can't exceed its largest message.
+        elapsed = (self._held_ticks + 1) * self.queue.frame_bytes
+        return self._arrived - self._largest - elapsed >= self._reserve_bytes
 
     def __repr__(self) -> str:
         state = "holding" if self._holding else "playing" if self.playing else "idle"

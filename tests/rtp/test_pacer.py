@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtp.formats import ULAW
-from rtp.pacer import DeadlineClock, FrameQueue
+from rtp.pacer import DeadlineClock, FrameQueue, Playout
+from rtp.sender import RtpSender
 
 FRAME = ULAW.frame_bytes()
 SILENCE = ULAW.silence()
@@ -368,3 +369,219 @@ def test_clock_construction_checks() -> None:
         DeadlineClock(0.0, 0.0)
     with pytest.raises(ValueError):
         DeadlineClock(0.02, 0.0, max_burst=0)
+
+
+# ---- Playout: the reserve at the start of a talkspurt -------------------------------------
+
+
+def make_playout(reserve_frames: int = 2) -> Playout:
+    return Playout(make_queue(), reserve_frames)
+
+
+def tick_frames(playout: Playout, ticks: int) -> list[bytes | None]:
+    return [playout.next_frame()[0] for _ in range(ticks)]
+
+
+def test_a_talkspurt_is_held_for_the_reserve_then_plays_a_frame_per_tick() -> None:
+    playout = make_playout()
+    assert not playout.playing
+    playout.push(audio(480))
+    assert (playout.playing, playout.holding) == (True, True)
+    assert tick_frames(playout, 2) == [None, None]
+    assert tick_frames(playout, 4) == [
+        audio(480)[:160],
+        audio(480)[160:320],
+        audio(480)[320:],
+        None,
+    ]
+    assert (playout.playing, playout.holding) == (False, False)
+
+
+def test_reserve_zero_never_holds() -> None:
+    playout = make_playout(0)
+    playout.push(audio(160))
+    assert not playout.holding
+    assert tick_frames(playout, 2) == [audio(160), None]
+
+
+def test_every_talkspurt_gets_its_own_reserve_and_nothing_in_between_is_held() -> None:
+    playout = make_playout(1)
+    playout.push(audio(160))
+    assert tick_frames(playout, 1) == [None]
+    playout.push(audio(160))
+    assert tick_frames(playout, 1) == [audio(160)]
+    playout.push(audio(160))  # mid-talkspurt: straight on
+    assert tick_frames(playout, 2) == [audio(160), audio(160)]
+    assert tick_frames(playout, 1) == [None]  # ran dry
+    playout.push(audio(160))
+    assert tick_frames(playout, 2) == [None, audio(160)]
+
+
+def test_a_proven_lead_ends_the_hold() -> None:
+    playout = make_playout(2)
+    for _ in range(4):
+        playout.push(audio(160))
+    # Four frames at the first tick: at most two explained by real time (one frame elapsed,
+    # one message), so the bot is two frames, a full reserve, ahead.
+    assert tick_frames(playout, 1) == [audio(160)]
+
+
+def test_one_big_message_proves_no_lead() -> None:
+    playout = make_playout(2)
+    playout.push(audio(16000))
+    assert tick_frames(playout, 3) == [None, None, audio(160)]
+
+
+def test_skipped_frame_times_count_towards_the_hold() -> None:
+    playout = make_playout(3)
+    playout.push(audio(320))
+    playout.skip(2)
+    assert tick_frames(playout, 2) == [None, audio(320)[:160]]
+    playout.skip(5)  # not holding: nothing to count
+    assert tick_frames(playout, 1) == [audio(320)[160:]]
+
+
+def test_marks_come_out_during_the_hold_once_their_audio_is_out() -> None:
+    playout = make_playout(2)
+    playout.queue.add_mark("before")
+    playout.push(audio(160))
+    playout.queue.add_mark("after")
+    assert playout.next_frame() == (None, ("before",))
+    assert playout.next_frame() == (None, ())
+    assert playout.next_frame() == (audio(160), ("after",))
+
+
+def test_flush_ends_the_hold_and_pads_the_tail() -> None:
+    playout = make_playout(2)
+    playout.push(audio(200))
+    assert playout.flush() == 120
+    assert not playout.holding
+    assert tick_frames(playout, 3) == [audio(160), audio(200)[160:] + SILENCE[:120], None]
+
+
+def test_clear_ends_the_talkspurt_and_returns_the_marks() -> None:
+    playout = make_playout(2)
+    playout.push(audio(400))
+    playout.queue.add_mark("m")
+    playout.next_frame()
+    assert playout.clear() == ["m"]
+    assert (playout.playing, playout.holding, playout.queue.queued_bytes) == (False, False, 0)
+    playout.push(audio(160))
+    assert playout.holding
+
+
+def test_playout_checks_and_repr() -> None:
+    with pytest.raises(ValueError):
+        make_playout(-1)
+    playout = make_playout(2)
+    assert repr(playout).startswith("Playout(idle, reserve=2 frames, FrameQueue(0 bytes")
+    playout.push(audio(10))
+    assert repr(playout).startswith("Playout(holding,")
+
+
+# ---- pacer + playout + sender in (simulated) real time ------------------------------------
+
+# Bot audio as a function of its byte position; 251 is prime, so a frame cut in the wrong
+# place never matches, and 0xff (silence) never occurs.
+_PATTERN = bytes(i % 251 for i in range(251 * 65))
+
+
+def bot_audio(position: int, size: int) -> bytes:
+    assert size <= len(_PATTERN) - 251
+    start = position % 251
+    return _PATTERN[start : start + size]
+
+
+class RealTimeRun:
+    """A bot sending messages at exactly real time, a jittery timer, and what went out."""
+
+    def __init__(self, reserve_frames: int = 2, max_queue_ms: int = 2000) -> None:
+        self.start = 1_000.0
+        self.clock = DeadlineClock(0.02, self.start)
+        queue = FrameQueue(FRAME, SILENCE, max_bytes=8 * max_queue_ms)
+        self.playout = Playout(queue, reserve_frames)
+        self.sender = RtpSender(ULAW, ssrc=7, sequence_number=65_000, timestamp=0xFFFF_0000)
+        self.first_timestamp = self.sender.timestamp
+        self.sent_audio = 0  # bytes of bot audio sent so far
+        self.speaking = False
+        self.frames = 0
+        self.silence_since_speech = 0
+        self.silent_frames_in_speech = 0
+
+    def wake(self, now: float) -> None:
+        frames = self.clock.due(now)
+        self.sender.skip(self.clock.skipped)
+        self.playout.skip(self.clock.skipped)
+        for _ in range(frames):
+            frame, _marks = self.playout.next_frame()
+            if frame is None:
+                self.silence_since_speech += self.speaking
+                frame = SILENCE
+            else:
+                assert frame == bot_audio(self.sent_audio, FRAME), self.sent_audio
+                self.sent_audio += FRAME
+                self.speaking = True
+                # Silence between two frames of bot audio: a gap in its speech.
+                self.silent_frames_in_speech += self.silence_since_speech
+                self.silence_since_speech = 0
+            packet = self.sender.packet(frame)
+            assert len(packet) == 12 + FRAME
+            self.frames += 1
+        # The next packet's timestamp is media time on the deadline grid, never behind now
+        # and at most one frame ahead: 8000 x elapsed seconds, within a frame.
+        media_time = ((self.sender.timestamp - self.first_timestamp) & 0xFFFF_FFFF) / 8000
+        assert 0 < media_time - (now - self.start) <= 0.02 + 1e-9
+
+
+def run_real_time(run: RealTimeRun, sizes_ms: list[float], seconds: float, rng: random.Random,
+                  stalls: int = 0) -> int:  # fmt: skip
+    """Feed messages of `sizes_ms` in turn, each at its media start time, for `seconds`;
+    wake the timer at each deadline a little early or late, with a few long stalls."""
+    stall_at = set(rng.sample(range(int(seconds * 50)), stalls))
+    message_time, position, index, wakeups = 0.0, 0, 0, 0
+    while run.clock.next_deadline < run.start + seconds:
+        lateness = rng.uniform(-0.002, 0.018)
+        if wakeups in stall_at:
+            lateness = rng.uniform(0.05, 0.2)
+        now = run.clock.next_deadline + lateness
+        while run.start + message_time <= now and message_time < seconds:
+            size = round(sizes_ms[index % len(sizes_ms)] * 8)
+            run.playout.push(bot_audio(position, size))
+            position += size
+            message_time += sizes_ms[index % len(sizes_ms)] / 1000
+            index += 1
+        run.wake(now)
+        wakeups += 1
+    return position
+
+
+def test_one_hour_through_pacer_playout_and_sender_keeps_rtp_time_and_every_byte() -> None:
+    rng = random.Random(3600)
+    run = RealTimeRun()
+    queued = run_real_time(run, [40, 95, 137.5], 3600, rng, stalls=5)
+    assert run.clock.skipped_total > 0  # the stalls really skipped frame times
+    assert run.silent_frames_in_speech == 0
+    assert run.playout.queue.dropped_bytes == 0
+    # Everything the bot sent went out, in exact frames, but for what is still queued.
+    assert run.sent_audio + run.playout.queue.queued_bytes == queued
+    assert run.frames + run.clock.skipped_total == round(
+        (run.clock.next_deadline - run.start) / 0.02
+    )
+
+
+@pytest.mark.parametrize("sizes_ms", [[40], [95], [137.5], [20, 137.5, 95, 40]])
+def test_real_time_messages_of_any_size_come_out_as_even_frames(sizes_ms: list[float]) -> None:
+    run = RealTimeRun()
+    queued = run_real_time(run, sizes_ms, 20, random.Random(len(sizes_ms)))
+    assert run.silent_frames_in_speech == 0
+    assert queued - run.sent_audio == run.playout.queue.queued_bytes < 2 * 1100 + FRAME
+
+
+def test_a_single_two_second_message_comes_out_as_even_frames() -> None:
+    run = RealTimeRun()
+    run.playout.push(bot_audio(0, 16000))
+    rng = random.Random(2)
+    while run.clock.next_deadline < run.start + 2.2:
+        run.wake(run.clock.next_deadline + rng.uniform(-0.002, 0.018))
+    assert run.sent_audio == 16000
+    assert run.silent_frames_in_speech == 0
