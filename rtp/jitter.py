@@ -58,11 +58,11 @@ class ReorderStats:
 class ReorderBuffer:
     __slots__ = (
         "_bad_sequence",
+        "_delivered",
         "_held",
         "_history",
         "_in_order",
         "_ticks",
-        "delivered_slow",
         "duplicates",
         "expected",
         "jumps",
@@ -93,7 +93,7 @@ class ReorderBuffer:
         self._in_order = 0
         self._ticks = 0
         self._bad_sequence: int | None = None
-        self.delivered_slow = 0
+        self._delivered = 0
         self.lost = 0
         self.late = 0
         self.duplicates = 0
@@ -109,7 +109,7 @@ class ReorderBuffer:
 
     @property
     def delivered(self) -> int:
-        return self.delivered_slow + self._in_order
+        return self._delivered + self._in_order
 
     def push(self, sequence_number: int, ssrc: int, payload: bytes) -> bool:
         """Take one packet. True: deliver `payload` now, and nothing else came free.
@@ -239,12 +239,12 @@ class ReorderBuffer:
                 self._history = _HISTORY_MASK
             else:
                 self._history = ((self._history << count) | ((1 << count) - 1)) & _HISTORY_MASK
-            self.delivered_slow += count
+            self._delivered += count
             self._in_order = 0
 
     def _deliver(self, payload: bytes) -> None:
         self.ready.append(payload)
-        self.delivered_slow += 1
+        self._delivered += 1
         self._history = ((self._history << 1) | 1) & _HISTORY_MASK
         self.expected = (self.expected + 1) & 0xFFFF
 
@@ -274,7 +274,7 @@ class ReorderBuffer:
             self.ready.append(held.pop(uint16_add(base, offset))[0])
             delivered_bits |= 1 << (count - 1 - offset)
             delivered += 1
-        self.delivered_slow += delivered
+        self._delivered += delivered
         self.lost += count - delivered
         shifted = self._history << count if count < MAX_MISORDER else 0
         self._history = (shifted | delivered_bits) & _HISTORY_MASK
