@@ -2,8 +2,9 @@
 
 Opening. `connect()` has one deadline (`open_timeout`) and retries inside it, with a short
 doubling backoff, whatever may get better by itself: a refused or reset connection, a timeout,
-a handshake dropped half-way, a 5xx answer (a bot restarting or behind a busy proxy). It does not
-retry what will not: a 4xx answer (401/403/404 mean wrong credentials or URL), a TLS failure
+a handshake dropped half-way, a 5xx, 408 or 429 answer (a bot restarting, overloaded or behind
+a busy proxy). It does not retry what will not: any other 4xx answer (401/403/404 mean wrong
+credentials or URL, and asking again only adds load on the bot), a TLS failure
 (an untrusted certificate stays untrusted) or a server that is not a WebSocket server. Every
 failed attempt is logged once; the final failure raises `BotConnectError`. Neither carries a
 secret: URLs lose their userinfo and query string, header values are never printed, and
@@ -14,13 +15,13 @@ task, so a bot that stops reading costs that call its newest media (dropped and 
 the event loop or the other calls. A bot that stops reading is failed within about
 `stall_timeout`, by whichever of two checks sees it first:
 - the writer makes no progress for `stall_timeout` (the bot's TCP window and our buffer are
-  full): `on_closed(None, "bot stopped reading for N s")` once, and the transport is aborted,
-  because a close frame would queue behind the data the bot is not reading. One watchdog timer
-  per connection, armed only while the writer has work, checks this; no per-message timer.
-- a keepalive ping goes unanswered: pings every `stall_timeout / 2`, each given as long for its
-  pong. This is the check that usually fires: at telephony rates (~15 kB/s) the kernel buffers
-  of a loopback or LAN connection (MBs) take minutes to fill before any write blocks.
-  websockets then closes with 1011 "keepalive ping timeout", reported after `close_timeout`.
+  full). One watchdog timer per connection, armed only while the writer has work, checks
+  this; no per-message timer.
+- a keepalive ping goes unanswered: a ping every `stall_timeout / 2`, each given as long for
+  its pong. This is the check that usually fires: at telephony rates (~15 kB/s) the kernel
+  buffers of a loopback or LAN connection (MBs) take minutes to fill before any write blocks.
+Either way `on_closed(None, "bot stopped reading ...")` is reported once and the transport is
+aborted, because a close frame would queue behind the data the bot is not reading.
 
 Closing. `close()` is bounded by `close_timeout` as a whole (flush, close frame, the bot's
 answer): `websockets`' own close timeout starts only once the close frame is written, and
@@ -52,6 +53,8 @@ from bridge.logs import get_logger, redact_url
 
 MAX_BOT_MESSAGE = 1 << 20
 SEND_QUEUE_LIMIT = 500  # 10 s of 20 ms media: far beyond any healthy bot's lag
+# 408 and 429 say "not now", not "never": a bot that is overloaded or slow to start.
+_RETRIED_4XX = frozenset({408, 429})
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 1.0
 
@@ -133,7 +136,12 @@ class BotConnection:
                         f"{self.connect_attempts} attempt(s) in {loop.time() - started:.1f} s)"
                     ) from None
                 await asyncio.sleep(delay)
-        self._tasks = [loop.create_task(self._reader()), loop.create_task(self._writer())]
+        ws = self._ws
+        self._tasks = [
+            loop.create_task(self._reader()),
+            loop.create_task(self._writer()),
+            loop.create_task(self._keepalive(ws)),
+        ]
 
     async def _open(self, ssl_context: ssl.SSLContext | None, budget: float) -> ClientConnection:
         extra: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
@@ -143,8 +151,7 @@ class BotConnection:
             additional_headers=self._headers or None,
             max_size=self._max_size,
             open_timeout=budget,
-            ping_interval=self._stall_timeout / 2,
-            ping_timeout=self._stall_timeout / 2,
+            ping_interval=None,  # see _keepalive
             close_timeout=self._close_timeout,
             logger=_WEBSOCKETS_LOGGER,
             **extra,
@@ -219,18 +226,43 @@ class BotConnection:
                 self._progress_at + self._stall_timeout, self._check_stall
             )
             return
+        self._fail(f"bot stopped reading for {stalled_for:.1f} s")
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every stall_timeout / 2 and give each pong as long. Ours, not websockets',
+        because websockets follows an unanswered ping with a close handshake that a bot which
+        reads nothing can never answer: the call would wait close_timeout more for nothing."""
+        interval = self._stall_timeout / 2
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(interval):  # the ping's own write may be stuck too
+                    pong = await ws.ping()
+                    await pong
+            except websockets.ConnectionClosed:
+                return  # the reader reports the close
+            except TimeoutError:
+                self._fail(f"bot stopped reading: a ping went unanswered for {interval:g} s")
+                return
+
+    def _fail(self, reason: str) -> None:
+        """Report the bot failed, once, and drop the connection without a close handshake:
+        a close frame would queue behind the data the bot is not reading."""
+        if self._closing:
+            return
         self._closing = True
+        self._disarm_watchdog()
         self._log.warning(
             "bot_stalled",
-            seconds=round(stalled_for, 2),
+            reason=reason,
             queued=len(self._queue),
             sent=self.sent,
             dropped=self.dropped,
         )
         self._queue.clear()
         if self._ws is not None:
-            self._ws.transport.abort()  # a close frame would queue behind the unread data
-        self._on_closed(None, f"bot stopped reading for {stalled_for:.1f} s")
+            self._ws.transport.abort()
+        self._on_closed(None, reason)
 
     # ---- receiving ----------------------------------------------------------------------
 
@@ -326,7 +358,8 @@ def _worth_retrying(exc: BaseException) -> bool:
     if isinstance(exc, ssl.SSLError):
         return False  # checked before OSError, its base: a bad certificate stays bad
     if isinstance(exc, InvalidStatus):
-        return exc.response.status_code >= 500
+        status = exc.response.status_code
+        return status >= 500 or status in _RETRIED_4XX
     if isinstance(exc, InvalidMessage):
         return True  # the connection dropped mid-handshake: a bot (re)starting
     if isinstance(exc, websockets.WebSocketException):

@@ -62,9 +62,7 @@ class Reports:
 
 
 def bot_for(url: str, reports: Reports, **kwargs: Any) -> BotConnection:
-    return BotConnection(
-        url, on_message=reports.on_message, on_closed=reports.on_closed, **kwargs
-    )
+    return BotConnection(url, on_message=reports.on_message, on_closed=reports.on_closed, **kwargs)
 
 
 def loopback_socket(rcvbuf: int | None = None) -> socket.socket:
@@ -210,13 +208,17 @@ async def test_bot_listening_late_is_reached_by_a_retry() -> None:
             await server
 
 
-async def test_5xx_answer_is_retried() -> None:
+@pytest.mark.parametrize(
+    "status",
+    [HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.BAD_GATEWAY, HTTPStatus.TOO_MANY_REQUESTS],
+)
+async def test_5xx_and_429_answers_are_retried(status: HTTPStatus) -> None:
     answered: list[int] = []
 
     def busy_twice(conn: ServerConnection, request: Request) -> Response | None:
         if len(answered) < 2:
-            answered.append(503)
-            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "starting\n")
+            answered.append(status.value)
+            return conn.respond(status, "not now\n")
         answered.append(101)
         return None
 
@@ -224,12 +226,13 @@ async def test_5xx_answer_is_retried() -> None:
         bot = bot_for(url, Reports())
         await bot.connect()
         await bot.close()
-    assert answered == [503, 503, 101]
+    assert answered == [status.value, status.value, 101]
     assert bot.connect_attempts == 3
 
 
-@pytest.mark.parametrize("status", [HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN,
-                                    HTTPStatus.NOT_FOUND])
+@pytest.mark.parametrize(
+    "status", [HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND]
+)
 async def test_4xx_answer_is_not_retried(status: HTTPStatus) -> None:
     requests = 0
 
@@ -266,7 +269,7 @@ async def test_handshake_that_never_answers_times_out_at_the_deadline() -> None:
         with pytest.raises(BotConnectError) as error:
             await bot.connect()
         elapsed = loop.time() - start
-    assert 0.39 <= elapsed < 0.6
+    assert 0.39 <= elapsed < 1.0
     assert accepted == 1  # the whole budget went to the one attempt
     assert "TimeoutError" in str(error.value)
 
@@ -357,8 +360,11 @@ async def test_headers_are_sent_and_no_secret_is_ever_printed(
         good = bot_for(f"{url}?token={SECRET}", Reports(), headers=headers)
         await good.connect()
         await good.close()
-        denied = bot_for(f"ws://me:{SECRET}@127.0.0.1:{port}/denied?token={SECRET}&x=1",
-                         Reports(), headers=headers)
+        denied = bot_for(
+            f"ws://me:{SECRET}@127.0.0.1:{port}/denied?token={SECRET}&x=1",
+            Reports(),
+            headers=headers,
+        )
         with pytest.raises(BotConnectError) as error:
             await denied.connect()
     assert seen[0] == [f"Bearer {SECRET}"]
@@ -442,7 +448,16 @@ async def test_message_over_1mib_closes_only_that_connection_1009() -> None:
     assert healthy.closes == []
 
 
-async def test_bot_that_stops_reading_is_failed_without_stalling_the_loop() -> None:
+@pytest.mark.parametrize("pings", [True, False], ids=["pings", "writer-watchdog-alone"])
+async def test_bot_that_stops_reading_is_failed_without_stalling_the_loop(
+    pings: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pings:
+
+        async def no_keepalive(self: BotConnection, ws: object) -> None:
+            return None
+
+        monkeypatch.setattr(BotConnection, "_keepalive", no_keepalive)
     stall_timeout = 0.3
     hostile, healthy = Reports(), Reports()
     big = b"\x00" * 65536
@@ -465,27 +480,45 @@ async def test_bot_that_stops_reading_is_failed_without_stalling_the_loop() -> N
         assert not hung.send(big)
         await asyncio.gather(hung.close(), fine.close())
     assert code is None
-    assert reason.startswith("bot stopped reading for 0.3")
-    assert stall_timeout <= elapsed < stall_timeout + 0.3
-    assert await lag < 0.05
+    assert reason.startswith("bot stopped reading" if pings else "bot stopped reading for 0.3")
+    assert stall_timeout <= elapsed < stall_timeout + 0.4
+    assert await lag < 0.1
     assert 0 < hung.sent < 400
     assert len(healthy.messages) >= 10  # the other connection kept flowing
     assert healthy.closes == []
 
 
 async def test_bot_that_stops_reading_at_media_rate_fails_its_pings() -> None:
-    # 300-byte messages every 20 ms never fill the kernel buffers: the keepalive notices.
+    # 300-byte messages every 20 ms never fill the kernel buffers: the keepalive notices,
+    # and does not wait for a close handshake the bot cannot answer (close_timeout is long).
     reports = Reports()
     loop = asyncio.get_running_loop()
     async with bot_server(stop_reading) as url:
-        bot = bot_for(url, reports, stall_timeout=0.3, close_timeout=0.2)
+        bot = bot_for(url, reports, stall_timeout=0.3, close_timeout=5)
         await bot.connect()
         start = loop.time()
         await asyncio.wait_for(every_20ms_until(reports.closed, lambda: bot.send("x" * 300)), 2)
         elapsed = loop.time() - start
         await bot.close()
-    assert reports.closes == [(1011, "keepalive ping timeout")]
-    assert elapsed < 0.3 + 0.2 + 0.2  # pings, then the close frame nobody answers
+    assert reports.closes == [(None, "bot stopped reading: a ping went unanswered for 0.15 s")]
+    assert 0.15 <= elapsed < 0.3 + 0.2
+    assert bot.sent >= 5
+
+
+async def test_a_crash_in_on_message_ends_the_connection_and_is_reported() -> None:
+    def broken(message: str | bytes) -> None:
+        raise ZeroDivisionError
+
+    reports = Reports()
+    async with bot_server(echo) as url:
+        bot = BotConnection(url, on_message=broken, on_closed=reports.on_closed)
+        await bot.connect()
+        bot.send("boom")
+        assert await reports.wait_closed() == (
+            None,
+            "bridge error handling a bot message: ZeroDivisionError",
+        )
+        await bot.close()
 
 
 async def test_close_returns_when_the_bot_never_answers_the_close_handshake() -> None:
@@ -497,7 +530,7 @@ async def test_close_returns_when_the_bot_never_answers_the_close_handshake() ->
         start = loop.time()
         await bot.close()
         elapsed = loop.time() - start
-    assert 0.25 <= elapsed < 0.6
+    assert 0.25 <= elapsed < 0.8
 
 
 async def test_close_returns_when_the_close_frame_cannot_even_be_written() -> None:
@@ -513,5 +546,5 @@ async def test_close_returns_when_the_close_frame_cannot_even_be_written() -> No
         start = loop.time()
         await bot.close([b"final"])
         elapsed = loop.time() - start
-    assert 0.25 <= elapsed < 0.6
+    assert 0.25 <= elapsed < 0.8
     assert bot.sent < 400
