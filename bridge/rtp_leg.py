@@ -265,19 +265,21 @@ class RtpLeg:
             on_caller_audio(payload)
 
     def _fill_caller_silence(self, frames: int, skipped: int) -> None:
-        delivered = self._reorder.delivered
+        reorder = self._reorder
+        delivered = reorder.delivered
         if delivered != self._rx_delivered_seen:
             self._rx_delivered_seen = delivered
             self._rx_quiet_ticks = 0
             return
-        if self._reorder.holding:
-            return
         quiet = self._rx_quiet_ticks = self._rx_quiet_ticks + frames + skipped
-        fill = min(frames, quiet - _CALLER_FILL_AFTER_TICKS + 1)
-        if fill > 0:
-            self._counters["rx_silence_filled"] += fill
-            for _ in range(fill):
-                self._events.on_caller_audio(self._caller_silence)
+        fill = quiet - _CALLER_FILL_AFTER_TICKS + 1
+        if fill <= 0 or reorder.holding:
+            return
+        fill = frames if fill > frames else fill
+        self._counters["rx_silence_filled"] += fill
+        silence, on_caller_audio = self._caller_silence, self._events.on_caller_audio
+        for _ in range(fill):
+            on_caller_audio(silence)
 
     # ---- outbound (called by the Ticker) ------------------------------------------------
 
