@@ -47,6 +47,8 @@ from bridge.dialects.base import BotAudio, BotClear, BotDialect, BotIgnored, Bot
 from bridge.errors import AriHttpError, BotProtocolError, BridgeError
 from bridge.logs import redact_url
 from bridge.media import MediaLeg
+from rtp.formats import AudioFormat
+from rtp.transcode import Transcoder, spec_for_format
 
 
 class Call:
@@ -57,7 +59,7 @@ class Call:
         caller: Channel,
         bot_url: str,
         app: str,
-        audio_format: str,
+        audio_format: AudioFormat,
         rest: AriRestClient,
         leg_factory: Callable[[Call], MediaLeg],
         dialect: BotDialect,
@@ -68,14 +70,22 @@ class Call:
         log: Any,
         fallback: Fallback | None = None,
         reject: str = "",
+        tx_format: AudioFormat | None = None,
+        bot_options: dict[str, Any] | None = None,
     ) -> None:
+        """`audio_format`: what the ExternalMedia channel sends (its `format=`);
+        `tx_format`: what we send it back (µ-law for a slin16 channel, asterisk-facts §10).
+        The bot's audio is converted from and to the dialect's own (`dialect.audio`)."""
         self.ids = ids
         self.log = log
         self._loop = asyncio.get_running_loop()
         self._rest = rest
         self._app = app
-        self._format = audio_format
+        self._format = audio_format.name
         self._dialect = dialect
+        self._bot_options = bot_options or {}
+        self._to_bot = Transcoder(spec_for_format(audio_format), dialect.audio)
+        self._from_bot = Transcoder(dialect.audio, spec_for_format(tx_format or audio_format))
         self._info = info
         self._bot_connect_timeout = bot_connect_timeout
         self._on_finished = on_finished
@@ -110,7 +120,8 @@ class Call:
             self.log.warning("call_rejected", reason=self.machine.end_reason,
                              fallback=self.machine.fallback.policy)
         else:
-            self.log.info("call_started", bot_url=redact_url(self.machine.bot_url))
+            self.log.info("call_started", bot_url=redact_url(self.machine.bot_url),
+                          dialect=self._dialect.name)
         self._pump()
 
     def feed(self, event: AriEvent | MachineInput) -> None:
@@ -241,7 +252,7 @@ class Call:
     def on_caller_audio(self, payload: bytes) -> None:
         if self._bot_up:
             assert self._bot is not None
-            self._bot.send(self._dialect.encode_audio(payload))
+            self._bot.send(self._dialect.encode_audio(self._to_bot.convert(payload)))
 
     def on_marks_played(self, names: list[str]) -> None:
         if self._bot_up:
@@ -265,6 +276,8 @@ class Call:
             on_message=self._on_bot_message,
             on_closed=self._on_bot_closed,
             open_timeout=self._bot_connect_timeout,
+            log=self.log,
+            **self._bot_options,
         )
         self._bot = bot
         await bot.connect()
@@ -306,9 +319,10 @@ class Call:
             return
         if isinstance(event, BotAudio):
             self.bot_audio_bytes += len(event.payload)
-            self.leg.play(event.payload)
+            self.leg.play(self._from_bot.convert(event.payload))
         elif isinstance(event, BotClear):
             self.leg.clear()
+            self._from_bot.reset()
             self.log.info("bot_clear")
         elif isinstance(event, BotMark):
             self.leg.mark(event.name)

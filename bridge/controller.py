@@ -17,19 +17,19 @@ from ari.events import AriEvent, BridgeDestroyed, PlaybackFinished, StasisStart,
 from ari.events_socket import AriEventsSocket, events_url
 from ari.models import Channel
 from ari.rest import AriRestClient
-from bridge.bot_url import resolve_bot_url
+from bridge.bot_url import resolve_bot
 from bridge.call import Call
 from bridge.call_machine import CallIds, Fallback
 from bridge.commands import HangupRequested
 from bridge.config import Settings
+from bridge.dialects import create_dialect
 from bridge.dialects.base import CallInfo
-from bridge.dialects.twilio import TwilioDialect
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
 from bridge.logs import get_logger
 from bridge.ports import PortPool
 from bridge.rtp_leg import RtpLeg
 from bridge.ticker import Ticker
-from rtp.formats import format_by_name
+from rtp.formats import SLIN16, ULAW, format_by_name
 
 log = get_logger("bridge")
 
@@ -51,6 +51,9 @@ class Controller:
         self._by_channel: dict[str, Call] = {}
         self._by_bridge: dict[str, Call] = {}
         self._format = format_by_name(settings.format)
+        # Asterisk drops 16 kHz RTP sent to a UnicastRTP channel but takes µ-law on the same
+        # channel (asterisk-facts §10): a slin16 call is wideband inbound only.
+        self._tx_format = ULAW if self._format is SLIN16 else self._format
         self.events = AriEventsSocket(
             events_url(settings.ari_url, settings.app, settings.ari_user, settings.ari_password),
             self.on_event,
@@ -260,18 +263,27 @@ class Controller:
             "caller": caller.caller_number,
             "called": caller.exten,
         }
-        bot_url = resolve_bot_url(s.bot_url, args, values)
+        bot_url, dialect_name = resolve_bot(s.bot_url, s.dialect, args, values)
         info = CallInfo(call_id, caller.id, caller.caller_number, caller.exten)
         call_log = log.bind(call_id=call_id, channel_id=caller.id)
+        try:
+            dialect = create_dialect(dialect_name, info, self._format.sample_rate)
+        except ConfigError as exc:
+            # A typo in the dialplan's Stasis() arguments: speaking the wrong dialect would
+            # give the caller silence, so the caller goes to the fallback, loudly.
+            call_log.error("bad_dialect", error=str(exc))
+            dialect = create_dialect(s.dialect, info, self._format.sample_rate)
+            reject = reject or f"unknown dialect {dialect_name!r}"
         call = Call(
             ids=ids,
             caller=caller,
             bot_url=bot_url,
             app=s.app,
-            audio_format=self._format.name,
+            audio_format=self._format,
+            tx_format=self._tx_format,
             rest=self.rest,
             leg_factory=lambda c: self._make_leg(c, call_log),
-            dialect=TwilioDialect(info),
+            dialect=dialect,
             info=info,
             bot_connect_timeout=s.bot_connect_timeout,
             setup_timeout=s.setup_timeout,
@@ -279,6 +291,11 @@ class Controller:
             log=call_log,
             fallback=self._fallback,
             reject=reject,
+            bot_options={
+                "stall_timeout": s.bot_stall_timeout,
+                "ca_file": s.bot_ca_file,
+                "headers": s.bot_headers,
+            },
         )
         self.calls[call_id] = call
         self._by_channel[ids.caller_id] = call
@@ -301,8 +318,12 @@ class Controller:
             ticker=self.ticker,
             audio_format=self._format,
             asterisk_host=s.ari_host,
+            tx_format=self._tx_format,
             max_queue_ms=s.max_queue_ms,
             silence_fill=s.silence_fill,
+            caller_silence_fill=s.caller_silence_fill,
+            playout_reserve_ms=s.playout_reserve_ms,
+            reorder_window_ms=s.reorder_window_ms,
             log=call_log,
         )
 

@@ -43,9 +43,16 @@ def settings_for(sim: SimulatedAsterisk, echo_bot_url: str, **overrides: object)
 
 @contextlib.asynccontextmanager
 async def running_rig(
-    hangup_after: float | None = None, **overrides: object
+    hangup_after: float | None = None,
+    *,
+    bot_dialect: str = "twilio",
+    bot_rate: int | None = None,
+    **overrides: object,
 ) -> AsyncIterator[Rig]:
-    async with SimulatedAsterisk(seed=7) as sim, run_echo_bot(hangup_after=hangup_after) as bot:
+    """The bridge (Settings `overrides`) between a simulated Asterisk and a real Pipecat echo
+    bot speaking `bot_dialect` at `bot_rate`."""
+    echo_bot = run_echo_bot(hangup_after=hangup_after, dialect=bot_dialect, sample_rate=bot_rate)
+    async with SimulatedAsterisk(seed=7) as sim, echo_bot as bot:
         controller = Controller(settings_for(sim, bot.url, **overrides))
         task = asyncio.get_running_loop().create_task(controller.run())
         try:

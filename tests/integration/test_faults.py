@@ -190,7 +190,7 @@ async def test_events_socket_cut_mid_call_media_flows_and_resync_ends_gone_calle
 
 
 async def test_events_socket_cut_does_not_touch_a_live_call() -> None:
-    async with running_rig(hangup_after=None) as rig:
+    async with running_rig(hangup_after=None, caller_silence_fill=False) as rig:
         call = await rig.sim.place_call("basic_ulaw", hangup_after=3.0)
         await asyncio.wait_for(call.bridged, 5)
         await rig.sim.drop_event_sockets()

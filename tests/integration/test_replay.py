@@ -66,7 +66,8 @@ def caller_audio(call: SimCall) -> bytes:
 
 async def test_basic_ulaw_bot_ends_call() -> None:
     # The recorded caller audio ends 4.1 s after bridging; the bot says goodbye after it.
-    async with running_rig(hangup_after=5.0) as rig:
+    # Caller silence fill off: the bot then gets exactly the caller's RTP frames, one each.
+    async with running_rig(hangup_after=5.0, caller_silence_fill=False) as rig:
         call = await rig.sim.place_call("basic_ulaw")
         await asyncio.wait_for(call.ended, 10)
         await rig.wait_idle()

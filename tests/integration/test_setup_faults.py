@@ -94,7 +94,7 @@ async def test_beyond_max_calls_a_caller_gets_the_fallback_at_once() -> None:
 
 
 async def test_a_full_rtp_port_range_is_a_limit_too() -> None:
-    async with running_rig(rtp_ports=(31000, 31001)) as rig:  # one even port
+    async with running_rig(rtp_ports=(39990, 39991)) as rig:  # one even port
         first = await rig.sim.place_call("basic_ulaw", hangup_after=1.0)
         await asyncio.wait_for(first.bridged, 5)
         second = await rig.sim.place_call("basic_ulaw")
