@@ -31,9 +31,10 @@ Fault knobs (none of them recorded; each follows what Asterisk does, as document
 
 Layout: `bridge.sim.media` is the UDP side (`EmMedia`, `SimCall`); `bridge.sim.core` is the
 channel and bridge state and the events its changes emit (`AsteriskCore`); `bridge.sim.resources`
-the ARI resources that change it; `bridge.sim.control` the play/continue rules from Asterisk's
-source; this module is the aiohttp layer (ARI REST routing, authentication, fault injection,
-restart, the events WebSocket) and the public API.
+the ARI resources that change it; `bridge.sim.callers` the calls arriving from the dialplan;
+`bridge.sim.control` the play/continue rules from Asterisk's source; this module is the aiohttp
+layer (ARI REST routing, authentication, fault injection, restart, the events WebSocket) and the
+public API.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -50,6 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.sim.callers import AsteriskCallers, StasisAppNotActive
 from bridge.sim.core import (
     ASTERISK_ID,
     CHANNELVARS,
@@ -60,9 +61,8 @@ from bridge.sim.core import (
 )
 from bridge.sim.faults import Fault, FaultTable
 from bridge.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
-from bridge.sim.recording import FIXTURES_DIR, CallerScript, load_recording
-from bridge.sim.resources import AsteriskResources
-from bridge.sim.templates import Reply, build_timeline, dumps, error_reply, format_timestamp
+from bridge.sim.recording import FIXTURES_DIR
+from bridge.sim.templates import Reply, dumps, error_reply
 
 __all__ = [
     "ASTERISK_ID",
@@ -82,10 +82,6 @@ __all__ = [
 ]
 
 SERVER = "Asterisk/23.4.1"
-
-
-class StasisAppNotActive(RuntimeError):
-    """A call arrived while no events socket was connected for the app (facts §16)."""
 
 
 @dataclass(slots=True)
@@ -110,7 +106,7 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk(AsteriskResources):
+class SimulatedAsterisk(AsteriskCallers):
     """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`.
 
     `history=False` keeps no request/event/packet logs and drops ended calls (soak runs).
@@ -139,8 +135,6 @@ class SimulatedAsterisk(AsteriskResources):
         )
         self.user, self.password = user, password
         self.port = port
-        self._fixtures_dir = fixtures_dir
-        self._scripts: dict[str, CallerScript] = {}
         self.requests: list[SimRequest] = []
         self._sockets: list[_EventSocket] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,7 +143,6 @@ class SimulatedAsterisk(AsteriskResources):
         self._generation = 0  # one per Asterisk process: bumped by crash()
         self._requests_changed = asyncio.Condition()
         self._app_active = asyncio.Event()
-        self._next_local = 0
         self._runner: web.AppRunner | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             (m, re.compile(p), h)
@@ -387,109 +380,6 @@ class SimulatedAsterisk(AsteriskResources):
             if sock.transport is not None:
                 sock.transport.abort()
         await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in sockets)), 5.0)
-
-    # -- calls -----------------------------------------------------------------------------
-
-    async def place_call(
-        self,
-        scenario: str = "basic_ulaw",
-        *,
-        args: list[str] | None = None,
-        caller_number: str | None = None,
-        caller_name: str | None = None,
-        exten: str | None = None,
-        audio: bytes | None = None,
-        audio_start: float | None = None,
-        hangup_after: float | None = None,
-        echo: bool | None = None,
-    ) -> SimCall:
-        """A call from the dialplan into Stasis: its StasisStart goes out now.
-
-        Raises StasisAppNotActive when no events socket is connected for the app: the real
-        `Stasis()` fails at once and no event is ever sent for that call (facts §16).
-        """
-        if not self.app_active:
-            raise StasisAppNotActive(f"Stasis app '{self.app}' not active")
-        call, caller = self._new_caller(scenario, args, caller_number, caller_name, exten,
-                                        audio, audio_start, hangup_after, echo)  # fmt: skip
-        self._emit("StasisStart", caller, args=call.args)
-        return call
-
-    async def add_waiting_caller(
-        self,
-        scenario: str = "basic_ulaw",
-        *,
-        args: list[str] | None = None,
-        caller_number: str | None = None,
-        caller_name: str | None = None,
-        exten: str | None = None,
-        audio: bytes | None = None,
-        audio_start: float | None = None,
-        hangup_after: float | None = None,
-        echo: bool | None = None,
-    ) -> SimCall:
-        """A caller that entered the app before this bridge process connected.
-
-        It is in Stasis (GET /channels, /applications/{app} `channel_ids`) but its
-        StasisStart went to a previous app connection, or to nobody: no event now, none
-        later. It waits in silence until the app answers, bridges, continues or hangs it up.
-        """
-        call, _ = self._new_caller(scenario, args, caller_number, caller_name, exten,
-                                   audio, audio_start, hangup_after, echo)  # fmt: skip
-        self._app_registered = True  # the app it entered was registered then
-        return call
-
-    def _new_caller(
-        self,
-        scenario: str,
-        args: list[str] | None,
-        caller_number: str | None,
-        caller_name: str | None,
-        exten: str | None,
-        audio: bytes | None,
-        audio_start: float | None,
-        hangup_after: float | None,
-        echo: bool | None,
-    ) -> tuple[SimCall, SimChannel]:
-        """A caller (`Local/...;1`, in Stasis) and its far half (`;2`), shaped like `scenario`."""
-        script = self._script(scenario)
-        recorded = script.stasis_start.data["channel"]
-        call_args = list(script.stasis_start.data["args"]) if args is None else list(args)
-        ident = (
-            recorded["caller"]["name"] if caller_name is None else caller_name,
-            recorded["caller"]["number"] if caller_number is None else caller_number,
-        )
-        plan = recorded["dialplan"]
-        local = f"{recorded['name'].rsplit('-', 1)[0]}-{self._next_local:08x}"  # Local/200@caller
-        self._next_local += 1
-        now = format_timestamp(time.time())
-        caller = SimChannel(
-            id=self._new_id(), name=f"{local};1", kind="caller", state="Up", caller=ident,
-            connected=ident, creationtime=now, in_stasis=True,
-            dialplan=(plan["context"], exten or plan["exten"], plan["priority"], "Stasis",
-                      ",".join([self.app, *call_args])),
-        )  # fmt: skip
-        # The ;2 half runs the far end's dialplan; it is listed by GET /channels, never in Stasis.
-        half = SimChannel(
-            id=self._new_id(), name=f"{local};2", kind="local", state="Up", caller=("", ""),
-            connected=ident, creationtime=now,
-            dialplan=("caller", local.split("/")[1].split("@")[0], 2, "Playback", "demo-congrats"),
-        )  # fmt: skip
-        use_echo = script.echo if echo is None else echo
-        timeline = build_timeline(script, self._rng, audio, audio_start, hangup_after, use_echo)
-        call = SimCall(self._running_loop(), scenario, caller.id, caller.name, call_args, use_echo,
-                       timeline)  # fmt: skip
-        caller.call = half.call = call
-        self.channels[caller.id], self.channels[half.id] = caller, half
-        self.calls.append(call)
-        self.counts["callers"] += 1
-        return call, caller
-
-    def _script(self, scenario: str) -> CallerScript:
-        if scenario not in self._scripts:
-            recording = load_recording(scenario, self._fixtures_dir)
-            self._scripts[scenario] = recording.caller_script()
-        return self._scripts[scenario]
 
     # -- HTTP plumbing ---------------------------------------------------------------------
 
