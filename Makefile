@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck run clean
+.PHONY: install demo test test-all lint typecheck run bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m bridge.demo
+
+# The bridge against a naive relay under the same load (a few minutes; `--quick`: ~30 s).
+bench: $(STAMP)
+	$(BIN)/python -m bridge.bench $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -98,13 +98,16 @@ class Bench:
     def spawn(
         self, argv: list[str], cpu: int | None, log: str, **kw: Any
     ) -> subprocess.Popen[bytes]:
+        preexec = child_preexec(cpu, nice=self.args.nice)
         with open(self.out_dir / log, "ab") as err:
-            proc = subprocess.Popen(argv, stderr=err, preexec_fn=child_preexec(cpu), **kw)
+            proc = subprocess.Popen(argv, stderr=err, preexec_fn=preexec, **kw)
         self.children.append(proc)
         return proc
 
     def stop_all(self) -> None:
-        for proc in reversed(self.children):
+        for proc in reversed(self.children):  # the relay before the loadgen it talks to
+            if proc.stdin is not None:
+                proc.stdin.close()
             stop(proc, grace=2.0)
         self.children.clear()
 
@@ -256,6 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rate", type=float, default=100.0, help="calls placed per second")
     parser.add_argument("--setup-timeout", type=float, default=60.0)
+    parser.add_argument("--nice", type=int, default=-10,
+                        help="niceness of the relay and loadgen (needs root; 0: leave as is)")
     parser.add_argument("--quick", action="store_true", help="N=50, 5 s, no search (~30 s)")
     parser.add_argument("--out-dir", help="records and logs (default: a temporary directory)")
     parser.add_argument("--json", help="also write every result to this file")

@@ -17,6 +17,7 @@ The run, printed as JSON lines for the orchestrator:
                        bot has seen `start`; warm up; {"mark": "window_start", "t": epoch}
   after --seconds   -> {"mark": "window_end"}; drain; hang every caller up; wait for the
                        relay to delete what it created; rtpgen dumps; {"done": summary}
+  stdin closed      -> exit
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bridge.sim.core import ASTERISK_ID, CHANNELVARS, DIALLED
 from bridge.sim.templates import Templates, dumps, format_timestamp
 
 HOST = "127.0.0.1"
+RTPGEN_PRIORITY = 10  # SCHED_FIFO: see procs.child_preexec
 CALLER_ID = {"name": "Lab Caller", "number": "5551000"}  # the recorded caller's
 NO_ID = {"name": "", "number": ""}
 
@@ -78,7 +80,7 @@ class RtpGen:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=child_preexec(None),
+            preexec_fn=child_preexec(None, realtime=RTPGEN_PRIORITY),
         )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         hello = json.loads(self.proc.stdout.readline())
@@ -407,6 +409,9 @@ async def run(args: argparse.Namespace) -> None:
                           "bad": stats.bad, "closes": stats.closes}  # fmt: skip
         summary["ari"] = {"requests": asterisk.requests, "errors": asterisk.errors}
         emit({"done": summary})
+        # Stay up until the orchestrator has stopped the relay (or closed our stdin), so the
+        # relay shuts down against a live Asterisk rather than reconnecting to a dead one.
+        await read_stdin_line()
     finally:
         rtpgen.kill()
         await bot.stop()
