@@ -176,7 +176,16 @@ def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Sett
     headers_file = raw.pop("bot_headers_file", None)
     settings = _validate(raw)
     if headers_file:
-        settings = dataclasses.replace(settings, bot_headers=_read_headers_file(headers_file))
+        headers = _read_headers_file(headers_file)
+        if urlsplit(settings.bot_url).username is not None and any(
+            name.lower() == "authorization" for name, _ in headers
+        ):
+            # websockets would send both: the URL's Basic credentials and this header.
+            raise ConfigError(
+                "--bot-url has user:password@ and --bot-headers-file an "
+                "Authorization header: keep one"
+            )
+        settings = dataclasses.replace(settings, bot_headers=headers)
     return settings
 
 

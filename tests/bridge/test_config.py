@@ -394,3 +394,9 @@ def test_caller_silence_fill_can_be_turned_off() -> None:
     assert settings("--no-caller-silence-fill").caller_silence_fill is False
     assert settings(BRIDGE_CALLER_SILENCE_FILL="no").caller_silence_fill is False
     assert_config_error("BRIDGE_CALLER_SILENCE_FILL must be one of", BRIDGE_CALLER_SILENCE_FILL="x")
+
+
+def test_bot_url_credentials_and_an_authorization_header_conflict(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "Authorization: Bearer x\n")
+    with pytest.raises(ConfigError, match="keep one"):
+        settings("--bot-url", "wss://u:p@bot/ws", "--bot-headers-file", str(path))
