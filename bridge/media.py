@@ -16,7 +16,8 @@ class MediaEvents(Protocol):
     """What a leg reports to its call."""
 
     def on_caller_audio(self, payload: bytes) -> None:
-        """One frame of the caller's audio, in the call's format."""
+        """One frame of the caller's audio, in the call's format: what Asterisk sent, in
+        sequence order, or silence filled in every 20 ms while the caller sends nothing."""
 
     def on_marks_played(self, names: list[str]) -> None:
         """The audio queued before these marks has been sent (or was cleared)."""
