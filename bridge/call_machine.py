@@ -176,6 +176,9 @@ class CallMachine:
         self._clock = clock or (lambda: now)
         self.answered = False
         self.used_fallback = False
+        # The bridge creation got no answer: Asterisk may create it after our delete. A
+        # late ExternalMedia channel announces itself (StasisStart); a late bridge does not.
+        self.bridge_unsure = False
         # The caller's remaining fallback steps ("answer", "play", "continue", "hangup"), run
         # one at a time once the bridge is gone (a channel still in our bridge would take the
         # sound into the bridge, and `continue` must not race the bridge's teardown).
@@ -318,9 +321,15 @@ class CallMachine:
             self._maybe_finish()
             return
         if isinstance(cmd, CreateBridge):
-            self.bridge_res = Res.GONE
+            if failed.status is None:
+                self.bridge_unsure = True
+            self.bridge_res = self._after_failed_creation(failed, self.bridge_res)
+            if self.bridge_res is Res.DELETING:
+                self._emit_teardown(DeleteBridge(self.ids.bridge_id))
         elif isinstance(cmd, CreateExternalMedia):
-            self.media_res = Res.GONE
+            self.media_res = self._after_failed_creation(failed, self.media_res)
+            if self.media_res is Res.DELETING:
+                self._emit_teardown(HangupChannel(self.ids.media_channel_id))
         elif isinstance(cmd, OpenMedia):
             self.leg_res = Res.GONE
         elif isinstance(cmd, AddChannels):
@@ -337,6 +346,15 @@ class CallMachine:
             self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True)
         self._advance_caller()
         self._maybe_finish()
+
+    @staticmethod
+    def _after_failed_creation(failed: CommandFailed, res: Res) -> Res:
+        """A creation with no HTTP answer (timeout, connection lost) may still have been
+        performed by a slow Asterisk: its id is ours, so delete it (a 404 is fine) rather
+        than leave it behind. An HTTP error answer means it was not created."""
+        if failed.status is None:
+            return Res.DELETING if res is Res.DELETING else Res.UP
+        return Res.GONE
 
     def _created(self, attr: str, delete: Command) -> None:
         """A creation answered: either keep the resource, or delete it if we are ending."""

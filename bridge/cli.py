@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -69,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipecat-bridge: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    # Everything imported so far lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise stall the event loop (and so the 20 ms RTP
+    # clock) for ~100 ms every few seconds under load (measured in the 10k-call soak).
+    gc.collect()
+    gc.freeze()
     asyncio.run(serve(settings))
     return 0
 

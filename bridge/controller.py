@@ -72,6 +72,7 @@ class Controller:
             settings.fallback_sound,
         )
         self._resync_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self.resyncs = 0
         self.resynced = asyncio.Event()
         self.all_idle = asyncio.Event()
@@ -120,6 +121,8 @@ class Controller:
         self.draining = True
         if self._resync_task is not None:
             self._resync_task.cancel()
+        for task in list(self._side_tasks):
+            task.cancel()
         for call in list(self.calls.values()):
             call.feed(HangupRequested("bridge shutting down"))
         if self.calls:
@@ -138,6 +141,16 @@ class Controller:
 
     def on_event(self, event: AriEvent) -> None:
         if isinstance(event, UnknownEvent):
+            return
+        if (
+            isinstance(event, StasisStart)
+            and self._is_ours(event.channel.id)
+            and event.channel.id not in self._by_channel
+        ):
+            # One of our ExternalMedia channels whose call is over: its creation answered
+            # after we gave up on it (a slow Asterisk). Nobody will ever use it.
+            log.warning("stray_media_channel", channel_id=event.channel.id)
+            self._background(self.rest.hangup(event.channel.id), "stray channel hang-up")
             return
         if isinstance(event, StasisStart) and not self._is_ours(event.channel.id):
             if event.channel.is_media_channel:
@@ -327,7 +340,26 @@ class Controller:
             log=call_log,
         )
 
+    def _background(self, coro: Any, what: str) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except BridgeError as exc:
+                log.info("background_request_failed", what=what, error=str(exc))
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _late_bridge_delete(self, bridge_id: str) -> None:
+        # Long enough for a request that outlived --rest-timeout to have been performed.
+        await asyncio.sleep(2 * self.settings.rest_timeout + 1)
+        await self.rest.delete_bridge(bridge_id)
+        log.info("late_bridge_deleted", bridge_id=bridge_id)
+
     def _call_finished(self, call: Call) -> None:
+        if call.machine.bridge_unsure:
+            self._background(self._late_bridge_delete(call.ids.bridge_id), "late bridge delete")
         self.calls.pop(call.ids.call_id, None)
         self._active.discard(call.ids.call_id)
         for channel_id in (call.ids.caller_id, call.ids.media_channel_id):

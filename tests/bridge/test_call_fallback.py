@@ -250,3 +250,19 @@ def test_a_failed_bridge_creation_lets_the_fallback_go_on() -> None:
 def test_fallback_rejects_continue_without_context() -> None:
     with pytest.raises(ValueError, match="context"):
         Fallback("continue")
+
+
+def test_a_creation_that_timed_out_is_deleted_all_the_same() -> None:
+    # No HTTP answer: a slow Asterisk may still create it, under our pre-assigned id.
+    h = Harness()
+    _open_media, bridge, _bot = h.answered()
+    h.machine.handle(CommandFailed(bridge, "TimeoutError"))
+    out = h.take()
+    assert any(isinstance(c, DeleteBridge) and c.bridge_id == h.ids.bridge_id for c in out)
+
+
+def test_a_creation_refused_with_an_http_error_is_not_deleted() -> None:
+    h = Harness()
+    _open_media, bridge, _bot = h.answered()
+    h.machine.handle(CommandFailed(bridge, "Internal Server Error", 500))
+    assert not any(isinstance(c, DeleteBridge) for c in h.take())

@@ -67,8 +67,9 @@ async def test_a_failed_setup_step_hangs_up_by_default(
 
 
 async def test_an_unreachable_bot_sends_the_caller_to_the_fallback() -> None:
-    async with running_rig(bot_url="ws://127.0.0.1:9/ws", bot_connect_timeout=0.5,
-                           **CONTINUE) as rig:
+    async with running_rig(
+        bot_url="ws://127.0.0.1:9/ws", bot_connect_timeout=0.5, **CONTINUE
+    ) as rig:
         call = await rig.sim.place_call("basic_ulaw")
         await end_of(rig, call)
         assert continued(rig, call)
@@ -127,4 +128,19 @@ async def test_drain_timeout_then_shutdown_hangs_up_the_rest() -> None:
         await rig.controller.shutdown()
         await asyncio.wait_for(call.ended, 5)
         assert call.hung_up_by == "app"
+        assert_nothing_left(rig)
+
+
+@pytest.mark.parametrize("path", [r"^/ari/bridges$", r"/externalMedia$"])
+async def test_a_creation_slower_than_the_rest_timeout_is_still_cleaned_up(path: str) -> None:
+    async with running_rig(rest_timeout=0.3) as rig:
+        # Asterisk performs it after the bridge gave up waiting (asterisk-facts: nothing is
+        # torn down for you).
+        rig.sim.delay_next("POST", path, 0.6, perform=True)
+        call = await rig.sim.place_call("basic_ulaw")
+        await end_of(rig, call)
+        # The creation lands after the call ended; the bridge then deletes it again.
+        delete = r"^/ari/bridges/pcb-br-" if "bridges" in path else r"^/ari/channels/pcb-em-"
+        await asyncio.wait_for(rig.sim.wait_request("DELETE", delete, nth=2), 5)
+        assert not rig.sim.leftovers(), rig.sim.leftovers()
         assert_nothing_left(rig)
