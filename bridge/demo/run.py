@@ -113,6 +113,8 @@ async def _demo(args: argparse.Namespace) -> int:
         task = asyncio.get_running_loop().create_task(controller.run())
         try:
             await asyncio.wait_for(sim.wait_app_active(), 10)
+            # The start-up sweep reads what Asterisk has; the call comes once it is done.
+            await asyncio.wait_for(controller.resynced.wait(), 10)
             started = time.monotonic()
             call = await sim.place_call(SCENARIO, audio=audio)
             t0 = sim.event_times[-1]
@@ -172,7 +174,8 @@ def _report(sim: SimulatedAsterisk, call: SimCall, controller: Controller, bot_c
     if trips:
         print(f"  echo round trip    p50 {statistics.median(trips):.1f} ms, "
               f"p95 {_pct(trips, 0.95):.1f} ms over {len(trips)} packets (caller RTP out -> "
-              "the same audio back; includes the bot's 40 ms chunking)")
+              "the same audio back; includes the bot's 40 ms chunking and the bridge's "
+              f"{controller.settings.playout_reserve_ms} ms playout reserve)")
 
     left = {
         "Asterisk channels": [c for c in sim.channels if c.startswith("pcb-")],
