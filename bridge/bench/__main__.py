@@ -16,6 +16,7 @@ import json
 import math
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from bridge.bench.procs import (
     child_preexec,
     cpu_busy_seconds,
     cpu_seconds,
+    cpu_split,
     status_kib,
     stop,
     usable_cpus,
@@ -41,6 +43,7 @@ from bridge.bench.report import RunResult, media_metrics, table
 PASSWORD = "bench"
 RTP_PORTS = "20000-29999"  # below the ephemeral range rtpgen's sockets come from
 HARNESS_BUSY = 0.85  # of its core: above this the generator's numbers are suspect
+SATURATED = 0.9  # of its core: the relay is falling behind, not idling between packets
 FOREIGN_LIMIT = 0.05  # of the relay's core used by processes that are not the relay
 LATE_LIMIT_MS = 5.0  # generator tick lateness p99 above this: our input jitter is not 20 ms
 
@@ -127,6 +130,8 @@ class Bench:
         })  # fmt: skip
         if relay == "bridge+uvloop":
             return [sys.executable, "-m", "bridge.bench.run_bridge", "--loop", "uvloop", "run"], env
+        if env.get("BENCH_GC_LOG"):
+            return [sys.executable, "-m", "bridge.bench.run_bridge", "run"], env
         return [sys.executable, "-m", "bridge.cli", "run"], env
 
     # ---- one run --------------------------------------------------------------------------
@@ -175,10 +180,12 @@ class Bench:
         result.calls_up = int(lines.expect("calls_up", a.setup_timeout + result.calls / a.rate))
         lines.expect("mark", 30)
         cpu0, h0, w0 = cpu_seconds(relay.pid), sum(map(cpu_seconds, harness)), time.time()
+        sys0 = cpu_split(relay.pid)[1]
         busy0 = self._core_busy()
         profiler = self._profile(relay.pid, tag, seconds)
         lines.expect("mark", seconds + 30)
         cpu1, h1, w1 = cpu_seconds(relay.pid), sum(map(cpu_seconds, harness)), time.time()
+        sys1 = cpu_split(relay.pid)[1]
         busy1 = self._core_busy()
         done = lines.expect("done", 120)
         hwm = status_kib(relay.pid, "VmHWM")
@@ -192,6 +199,12 @@ class Bench:
         if result.calls_up:
             result.cpu_per_call_s = (cpu1 - cpu0) / (result.calls_up * elapsed)
         result.cpu_share = (cpu1 - cpu0) / (w1 - w0)
+        result.kernel_share = (sys1 - sys0) / (cpu1 - cpu0) if cpu1 > cpu0 else math.nan
+        if result.cpu_share > SATURATED:
+            result.warnings.append(
+                f"relay saturated its core ({result.cpu_share:.0%}): CPU per call-second is "
+                "a floor, latency and loss show what it could not do"
+            )
         result.harness_cpu_share = (h1 - h0) / (w1 - w0)
         if busy0 is not None and busy1 is not None:
             # What else ran on the relay's core (other people's tests, say): it steals cycles.
@@ -220,7 +233,12 @@ class Bench:
         if not self.args.py_spy:
             return None
         out = self.out_dir / f"{tag}.pyspy.txt"
-        argv = ["py-spy", "record", "-p", str(pid), "-d", str(max(int(seconds) - 1, 1)),
+        beside = Path(sys.executable).parent / "py-spy"
+        exe = str(beside) if beside.exists() else shutil.which("py-spy")
+        if exe is None:
+            print("warning: --py-spy: py-spy not installed (pip install py-spy)", file=sys.stderr)
+            return None
+        argv = [exe, "record", "-p", str(pid), "-d", str(max(int(seconds) - 1, 1)),
                 "-r", "250", "--format", "raw", "-o", str(out), "--nonblocking"]  # fmt: skip
         return self.spawn(argv, self.harness_cpu, f"{tag}.pyspy.log", stdout=subprocess.DEVNULL)
 
@@ -324,11 +342,11 @@ def search(bench: Bench, relays: list[str], done: list[RunResult]) -> list[RunRe
             n += step
     else:
         n = start - step // 2
-        while n > 0 and n not in tried:
-            result = bench.run(relay, n, "echo", a.seconds)
-            found.append(result)
-            tried[n] = result
-            if result.carried:
+        while n > 0:
+            if n not in tried:
+                tried[n] = bench.run(relay, n, "echo", a.seconds)
+                found.append(tried[n])
+            if tried[n].carried:
                 break
             n -= step // 2
     carried = [n for n, r in tried.items() if r.carried]

@@ -31,6 +31,7 @@ class RunResult:
     seconds: float = 0.0
     cpu_per_call_s: float = math.nan
     cpu_share: float = math.nan  # of one core, in the window
+    kernel_share: float = math.nan  # of the relay's CPU time: stime / (utime + stime)
     rtt_p50_ms: float = math.nan
     rtt_p99_ms: float = math.nan
     gap_p50_ms: float = math.nan
@@ -109,6 +110,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("calls up", "calls_up", "d"),
     ("CPU s per call-second", "cpu_per_call_s", ".5f"),
     ("CPU share of its core", "cpu_share", ".0%"),
+    ("  of which in kernel", "kernel_share", ".0%"),
     ("RTT p50 ms", "rtt_p50_ms", ".1f"),
     ("RTT p99 ms", "rtt_p99_ms", ".1f"),
     ("out gap p50 ms", "gap_p50_ms", ".1f"),
@@ -144,7 +146,8 @@ def table(pairs: list[tuple[RunResult, RunResult | None]]) -> str:
     lines: list[str] = []
     for bridge, naive in pairs:
         title = f"N={bridge.calls}  {bridge.bot} bot  ({bridge.seconds:.0f} s steady state)"
-        lines += ["", title, f"{'':26}{bridge.relay:>14}{'naive':>14}{'ratio':>10}"]
+        other = naive.relay if naive is not None else "-"
+        lines += ["", title, f"{'':26}{bridge.relay:>14}{other:>14}{'ratio':>10}"]
         for label, attr, fmt in ROWS:
             a = getattr(bridge, attr)
             b = getattr(naive, attr) if naive is not None else None
