@@ -123,6 +123,8 @@ class CallIds:
     caller_id: str
     bridge_id: str
     media_channel_id: str
+    # Names the app, so a start-up sweep never takes another bridge process's bridge.
+    bridge_name: str = ""
 
 
 MachineInput = (
@@ -370,7 +372,8 @@ class CallMachine:
         self.leg_res = Res.CREATING
         self._emit(OpenMedia())
         self.bridge_res = Res.CREATING
-        self._emit(CreateBridge(self.ids.bridge_id, f"pipecat-{self.ids.caller_id}"))
+        name = self.ids.bridge_name or f"pipecat-{self.ids.caller_id}"
+        self._emit(CreateBridge(self.ids.bridge_id, name))
         self.bot_res = Res.CREATING
         self._emit(ConnectBot(self.bot_url))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ari.events import AriEvent, BridgeDestroyed, PlaybackFinished, StasisStart, UnknownEvent
 from ari.events_socket import AriEventsSocket, events_url
-from ari.models import Channel
+from ari.models import Bridge, Channel
 from ari.rest import AriRestClient
 from bridge.bot_url import resolve_bot
 from bridge.call import Call
@@ -212,11 +212,21 @@ class Controller:
                 call.log.warning("resync_media_path_gone")
                 call.feed(HangupRequested("bridge or media channel gone", fallback=True))
         # 2. What an earlier run of this service left behind (crash, kill -9).
-        for bridge_id in sorted(bridge_ids):
-            if bridge_id.startswith(f"{s.id_prefix}br-") and bridge_id not in self._by_bridge:
-                await self._sweep("bridge", bridge_id, self.rest.delete_bridge)
+        #    Only what is provably this service's: our id prefix, and our app (in the bridge's
+        #    name; the channel in our app), so a second process never sweeps the first's.
+        for bridge in sorted(bridges, key=lambda b: b.id):
+            if (
+                bridge.id.startswith(f"{s.id_prefix}br-")
+                and bridge.name.rpartition(":")[0] == s.app
+                and bridge.id not in self._by_bridge
+            ):
+                await self._sweep("bridge", bridge.id, self.rest.delete_bridge)
         for channel in channels:
-            if channel.id.startswith(f"{s.id_prefix}em-") and channel.id not in self._by_channel:
+            if (
+                channel.id.startswith(f"{s.id_prefix}em-")
+                and channel.id in in_app
+                and channel.id not in self._by_channel
+            ):
                 await self._sweep("channel", channel.id, self.rest.hangup)
         # 3. Callers waiting in the app that nobody serves: an earlier run took them and died.
         orphans = {c.id for c in channels if c.id in in_app and self._is_orphan(c)}
@@ -229,7 +239,7 @@ class Controller:
                 log.warning("orphan_caller", channel_id=channel.id)
                 self._new_call(channel, (), reject="left waiting by an earlier run")
 
-    async def _listing(self) -> tuple[set[str], list[Channel], list[Any]]:
+    async def _listing(self) -> tuple[set[str], list[Channel], list[Bridge]]:
         app = await self.rest.application(self.settings.app)
         in_app = {c for c in app.get("channel_ids") or [] if isinstance(c, str)}
         return in_app, await self.rest.list_channels(), await self.rest.list_bridges()
@@ -269,6 +279,7 @@ class Controller:
             caller_id=caller.id,
             bridge_id=f"{s.id_prefix}br-{call_id}",
             media_channel_id=f"{s.id_prefix}em-{call_id}",
+            bridge_name=f"{s.app}:{caller.id}",
         )
         values = {
             "call_id": call_id,

@@ -41,11 +41,17 @@ async def test_start_up_sweeps_leftovers_and_hands_waiting_callers_to_the_fallba
         # that entered the app just before the crash.
         bridged = await sim.add_waiting_caller("basic_ulaw")
         em = await sim.add_leftover_external_media("pcb-em-deadbeef")
-        sim.add_leftover_bridge("pcb-br-deadbeef", members=[bridged.caller_id, em.id])
+        sim.add_leftover_bridge(
+            "pcb-br-deadbeef",
+            members=[bridged.caller_id, em.id],
+            name=f"pipecat:{bridged.caller_id}",
+        )
         await sim.add_leftover_external_media("pcb-em-cafef00d")
         waiting = await sim.add_waiting_caller("basic_ulaw")
-        # Not ours: another application's bridge is left alone.
+        # Not ours: another application's bridges are left alone, even with our id prefix
+        # (a second bridge process on the same Asterisk, misconfigured with the same prefix).
         sim.add_leftover_bridge("other-app-bridge")
+        sim.add_leftover_bridge("pcb-br-0ther", name="pipecat-2:1795313560.0")
 
         async with bridge_for(sim, "", **CONTINUE) as rig:
             for call in (bridged, waiting):
@@ -59,7 +65,7 @@ async def test_start_up_sweeps_leftovers_and_hands_waiting_callers_to_the_fallba
             assert continued == {bridged.caller_id, waiting.caller_id}
             assert rig.controller.swept == 3
             assert rig.controller.calls_rejected == 2
-            assert list(sim.bridges) == ["other-app-bridge"]
+            assert sorted(sim.bridges) == ["other-app-bridge", "pcb-br-0ther"]
             assert [c for c in sim.channels if c.startswith("pcb-")] == []
 
 
