@@ -51,10 +51,20 @@ def assert_rtp_stream(call: SimCall) -> list[RtpPacket]:
     assert {p.payload_type for p in packets} == {0}
     assert {len(p.payload) for p in packets} == {160}
     assert len({p.ssrc for p in packets}) == 1
+    stalls = 0
     for prev, cur in itertools.pairwise(packets):
         assert cur.sequence_number == (prev.sequence_number + 1) & 0xFFFF
-        assert cur.timestamp == (prev.timestamp + 160) & 0xFFFFFFFF
-    assert packets[0].marker and not any(p.marker for p in packets[1:])
+        step = (cur.timestamp - prev.timestamp) & 0xFFFFFFFF
+        if step != 160:
+            # The event loop of this test process (Asterisk double, Pipecat bots and bridge
+            # in one) stalled: the bridge skips the lost frames' timestamps and marks the jump
+            # as a new talkspurt, never bursts. Rare, and only for such a stall.
+            assert step % 160 == 0 and cur.marker, (prev, cur)
+            stalls += 1
+        else:
+            assert not cur.marker, cur
+    assert packets[0].marker
+    assert stalls <= 2, f"{stalls} stalls"
     gaps = [b[0] - a[0] for a, b in zip(call.rtp_received, call.rtp_received[1:], strict=False)]
     assert 0.018 < statistics.median(gaps) < 0.022
     return packets
