@@ -39,6 +39,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -47,12 +48,123 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a websockets build without its C extension
+    from websockets.utils import apply_mask
 
 from bridge.errors import BotConnectError
 from bridge.logs import get_logger, redact_url
 
 MAX_BOT_MESSAGE = 1 << 20
 SEND_QUEUE_LIMIT = 500  # 10 s of 20 ms media: far beyond any healthy bot's lag
+# Above this many bytes waiting in the transport, sends go through the queue and the writer
+# task (which waits for the bot to read); below it they are written at once.
+DIRECT_WRITE_LIMIT = 64 * 1024
+
+
+class _DirectConnection(ClientConnection):
+    """websockets' connection with a direct path for the media hot path.
+
+    Every whole, final text frame from the bot goes to `on_text` as soon as it is read: no
+    Frame object, no assembler, no future and no task switch per message. Every other frame
+    (pong, close, fragments, anything malformed) goes, whole, through websockets' own
+    protocol, so its parser only ever sees frame boundaries. `write_text` frames and writes
+    a text message at once. Together with BotConnection.send's direct write this takes the
+    bridge from ~3.0 to ~2.1 ms CPU per call-second at N=200 (make bench)."""
+
+    on_text: Callable[[str | bytes], None] | None = None
+    _rx = b""  # bytes of an incomplete frame
+    _masks = b""
+    _mask_at = 0
+
+    def write_text(self, data: bytes) -> None:
+        """One masked final text frame, written now. Masks come from a pooled urandom buffer:
+        unpredictable as RFC 6455 asks, without websockets' getrandom syscall per frame."""
+        at = self._mask_at
+        if at + 4 > len(self._masks):
+            self._masks, at = os.urandom(4096), 0
+        mask = self._masks[at : at + 4]
+        self._mask_at = at + 4
+        size = len(data)
+        if size < 126:
+            head = bytes((0x81, 0x80 | size))
+        elif size < 65536:
+            head = bytes((0x81, 0xFE)) + size.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 0xFF)) + size.to_bytes(8, "big")
+        self.transport.write(head + mask + apply_mask(data, mask))
+
+    def data_received(self, data: bytes) -> None:
+        """Final unmasked text frames go straight to on_text; every other frame, whole, goes
+        through websockets' protocol (pongs, close, fragments, errors), so its parser only
+        ever sees frame boundaries."""
+        on_text = self.on_text
+        if on_text is None or self.protocol.state is not State.OPEN:
+            super().data_received(self._rx + data if self._rx else data)
+            self._rx = b""
+            return
+        buf = self._rx + data if self._rx else data
+        pos, size = 0, len(buf)
+        slow_from = -1
+        while size - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            length, head = second & 0x7F, 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            if second & 0x80:
+                head += 4
+            if length > MAX_BOT_MESSAGE:
+                slow_from = pos  # let websockets fail it with 1009
+                break
+            end = pos + head + length
+            if end > size:
+                break
+            if first == 0x81 and not second & 0x80:
+                try:
+                    text = buf[pos + head : end].decode()
+                except UnicodeDecodeError:
+                    super().data_received(buf[pos:end])  # websockets closes with 1007
+                else:
+                    on_text(text)
+            elif first == 0x82 and not second & 0x80:
+                # Binary (Vonage audio) takes the same path as text, so a `clear` can never
+                # overtake audio the bot sent before it.
+                on_text(buf[pos + head : end])
+            else:
+                super().data_received(buf[pos:end])
+            pos = end
+            if self.protocol.state is not State.OPEN:
+                slow_from = pos
+                break
+        if slow_from >= 0:
+            self._rx = b""
+            if slow_from < size:
+                super().data_received(buf[slow_from:])
+            return
+        self._rx = buf[pos:]
+
+    def process_event(self, event: Any) -> None:
+        on_text = self.on_text
+        if on_text is not None and isinstance(event, Frame) and event.fin:
+            if event.opcode is Opcode.TEXT:
+                on_text(bytes(event.data).decode())
+                return
+            if event.opcode is Opcode.BINARY:
+                on_text(bytes(event.data))
+                return
+        super().process_event(event)
+
+
 # 408 and 429 say "not now", not "never": a bot that is overloaded or slow to start.
 _RETRIED_4XX = frozenset({408, 429})
 FIRST_RETRY_DELAY = 0.1
@@ -95,6 +207,7 @@ class BotConnection:
         self._writing = False  # the writer has taken work and not finished it
         self._progress_at = 0.0  # loop time the writer last completed a send or woke up
         self._watchdog: asyncio.TimerHandle | None = None
+        self._crash = ""  # why _on_text ended the connection, if it did
         self.connect_attempts = 0
         self.sent = 0
         self.dropped = 0
@@ -137,6 +250,8 @@ class BotConnection:
                     ) from None
                 await asyncio.sleep(delay)
         ws = self._ws
+        assert isinstance(ws, _DirectConnection)
+        ws.on_text = self._on_text
         self._tasks = [
             loop.create_task(self._reader()),
             loop.create_task(self._writer()),
@@ -147,6 +262,7 @@ class BotConnection:
         extra: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
         return await connect(
             self.url,
+            create_connection=_DirectConnection,
             compression=None,
             additional_headers=self._headers or None,
             max_size=self._max_size,
@@ -183,6 +299,20 @@ class BotConnection:
         """Queue a message; False (and counted) when the bot is too far behind."""
         if self._ws is None or self._closing:
             return False
+        ws = self._ws
+        if (
+            isinstance(ws, _DirectConnection)
+            and not self._queue
+            and not self._writing
+            and isinstance(message, str)
+            and ws.protocol.state is State.OPEN
+            and ws.transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+        ):
+            # The common case: nothing queued, the bot keeps up. Frame and write now; the
+            # writer task (and its await per message) is only for a bot falling behind.
+            ws.write_text(message.encode())
+            self.sent += 1
+            return True
         if len(self._queue) >= self._queue_limit:
             self.dropped += 1
             return False
@@ -266,6 +396,17 @@ class BotConnection:
 
     # ---- receiving ----------------------------------------------------------------------
 
+    def _on_text(self, message: str | bytes) -> None:
+        self.received += 1
+        try:
+            self._on_message(message)
+        except Exception as exc:
+            # As in _reader: a bug in on_message ends this bot connection visibly.
+            self._log.exception("bot_message_handler_crashed")
+            self._crash = f"bridge error handling a bot message: {type(exc).__name__}"
+            if self._ws is not None:
+                self._ws.transport.abort()
+
     async def _reader(self) -> None:
         assert self._ws is not None
         ws = self._ws
@@ -285,6 +426,8 @@ class BotConnection:
             code, reason = None, f"bridge error handling a bot message: {type(exc).__name__}"
         else:
             code, reason = _close_report(ws)
+        if self._crash:
+            code, reason = None, self._crash
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:

@@ -548,3 +548,28 @@ async def test_close_returns_when_the_close_frame_cannot_even_be_written() -> No
         elapsed = loop.time() - start
     assert 0.25 <= elapsed < 0.8
     assert bot.sent < 400
+
+
+async def test_binary_and_text_from_the_bot_arrive_in_the_order_sent() -> None:
+    # Vonage: audio in binary frames, `clear` in text. A clear must never overtake the audio
+    # the bot sent before it, whichever path each frame takes through the connection.
+    sent: list[str | bytes] = []
+    for index in range(200):
+        sent.append(bytes([index % 256]) * 640)
+        if index % 7 == 0:
+            sent.append(json.dumps({"action": "clear", "n": index}))
+    sent.append(b"\x00" * 70_000)  # a large frame: 64-bit length header
+    sent.append("after")
+
+    async def burst(ws: ServerConnection) -> None:
+        for message in sent:
+            await ws.send(message)
+        await ws.wait_closed()
+
+    reports = Reports()
+    async with bot_server(burst) as url:
+        bot = bot_for(url, reports)
+        await bot.connect()
+        await reports.wait_messages(len(sent))
+        await bot.close([], 1000)
+    assert reports.messages == sent
