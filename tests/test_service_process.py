@@ -11,6 +11,14 @@ import sys
 from bridge.sim.asterisk import SimulatedAsterisk
 
 
+async def start_service(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`pipecat-bridge run` as systemd starts it: configured by the environment alone."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "run",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 async def test_service_runs_from_environment_and_stops_on_sigterm() -> None:
     async with SimulatedAsterisk(password="s3cret-pw") as sim:
         env = {
@@ -22,10 +30,7 @@ async def test_service_runs_from_environment_and_stops_on_sigterm() -> None:
             "BRIDGE_RTP_PORTS": "32000-32099",
             "BRIDGE_LOG_FORMAT": "json",
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge.cli", "run",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_service(env)
         try:
             await asyncio.wait_for(sim.wait_app_active(), 20)
             proc.send_signal(signal.SIGTERM)
@@ -66,10 +71,7 @@ async def test_sigterm_drains_and_a_second_signal_stops_at_once() -> None:
             "BRIDGE_LOG_FORMAT": "json",
             "BRIDGE_DRAIN_TIMEOUT": "60",
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge.cli", "run",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_service(env)
         lines: list[bytes] = []
         try:
             await asyncio.wait_for(sim.wait_app_active(), 20)

@@ -52,19 +52,32 @@ async def running_rig(
     """The bridge (Settings `overrides`) between a simulated Asterisk and a real Pipecat echo
     bot speaking `bot_dialect` at `bot_rate`."""
     echo_bot = run_echo_bot(hangup_after=hangup_after, dialect=bot_dialect, sample_rate=bot_rate)
-    async with SimulatedAsterisk(seed=7) as sim, echo_bot as bot:
-        controller = Controller(settings_for(sim, bot.url, **overrides))
-        task = asyncio.get_running_loop().create_task(controller.run())
-        try:
-            await asyncio.wait_for(controller.events.connected.wait(), 5)
-            await asyncio.wait_for(sim.wait_app_active(), 5)
-            # The start-up sweep reads what exists; calls placed after it see a quiet bridge.
-            await asyncio.wait_for(controller.resynced.wait(), 5)
-            yield Rig(sim, bot, controller, task)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with (
+        SimulatedAsterisk(seed=7) as sim,
+        echo_bot as bot,
+        bridge_running(sim, bot, **overrides) as rig,
+    ):
+        yield rig
+
+
+@contextlib.asynccontextmanager
+async def bridge_running(
+    sim: SimulatedAsterisk, bot: EchoBot, **overrides: object
+) -> AsyncIterator[Rig]:
+    """The service against `sim` (which may already hold calls, leftovers...), up once its
+    start-up sweep is done; stopped at the end."""
+    controller = Controller(settings_for(sim, bot.url, **overrides))
+    task = asyncio.get_running_loop().create_task(controller.run())
+    try:
+        await asyncio.wait_for(controller.events.connected.wait(), 5)
+        await asyncio.wait_for(sim.wait_app_active(), 5)
+        # The start-up sweep reads what exists; calls placed after it see a quiet bridge.
+        await asyncio.wait_for(controller.resynced.wait(), 5)
+        yield Rig(sim, bot, controller, task)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @pytest.fixture

@@ -11,27 +11,17 @@ from collections.abc import AsyncIterator
 from bridge.controller import Controller
 from bridge.demo.echo_bot import run_echo_bot
 from bridge.sim.asterisk import SimulatedAsterisk
-from tests.integration.conftest import Rig, settings_for
+from tests.integration.conftest import Rig, bridge_running, settings_for
 from tests.integration.test_replay import assert_nothing_left
 
 CONTINUE = {"fallback": "continue", "fallback_context": "humans", "fallback_extension": "100"}
 
 
 @contextlib.asynccontextmanager
-async def bridge_for(
-    sim: SimulatedAsterisk, bot_url: str, **overrides: object
-) -> AsyncIterator[Rig]:
+async def bridge_for(sim: SimulatedAsterisk, **overrides: object) -> AsyncIterator[Rig]:
     """Start the service against an Asterisk that already has state; stop it at the end."""
-    async with run_echo_bot() as bot:
-        controller = Controller(settings_for(sim, bot_url or bot.url, **overrides))
-        task = asyncio.get_running_loop().create_task(controller.run())
-        try:
-            await asyncio.wait_for(controller.resynced.wait(), 10)
-            yield Rig(sim, bot, controller, task)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with run_echo_bot() as bot, bridge_running(sim, bot, **overrides) as rig:
+        yield rig
 
 
 async def test_start_up_sweeps_leftovers_and_hands_waiting_callers_to_the_fallback() -> None:
@@ -53,7 +43,7 @@ async def test_start_up_sweeps_leftovers_and_hands_waiting_callers_to_the_fallba
         sim.add_leftover_bridge("other-app-bridge")
         sim.add_leftover_bridge("pcb-br-0ther", name="pipecat-2:1795313560.0")
 
-        async with bridge_for(sim, "", **CONTINUE) as rig:
+        async with bridge_for(sim, **CONTINUE) as rig:
             for call in (bridged, waiting):
                 await asyncio.wait_for(call.ended, 10)
             await rig.wait_idle()
@@ -89,7 +79,7 @@ async def test_a_caller_whose_stasis_start_is_in_flight_is_not_taken_for_an_orph
 
 
 async def test_asterisk_restart_ends_calls_and_leaves_nothing_on_our_side() -> None:
-    async with SimulatedAsterisk(seed=5) as sim, bridge_for(sim, "") as rig:
+    async with SimulatedAsterisk(seed=5) as sim, bridge_for(sim) as rig:
         calls = [await sim.place_call("basic_ulaw", hangup_after=30) for _ in range(3)]
         for call in calls:
             await asyncio.wait_for(call.bridged, 10)
