@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from websockets.asyncio.server import ServerConnection
 
 from bridge.sim.media import SimCall
 from tests.integration.conftest import Rig, running_rig
+from tests.integration.test_faults import ScriptedBot, media, scripted_bot, wait_start
 from tests.integration.test_replay import assert_nothing_left
 
 CONTINUE = {"fallback": "continue", "fallback_context": "humans", "fallback_extension": "100"}
@@ -143,4 +145,31 @@ async def test_a_creation_slower_than_the_rest_timeout_is_still_cleaned_up(path:
         delete = r"^/ari/bridges/pcb-br-" if "bridges" in path else r"^/ari/channels/pcb-em-"
         await asyncio.wait_for(rig.sim.wait_request("DELETE", delete, nth=2), 5)
         assert not rig.sim.leftovers(), rig.sim.leftovers()
+        assert_nothing_left(rig)
+
+
+async def test_a_bot_closing_1011_mid_call_sends_the_caller_to_the_fallback() -> None:
+    async def script(ws: ServerConnection, bot: ScriptedBot) -> None:
+        sid = await wait_start(bot, ws)
+        await ws.send(media(sid, 0x55, 10))  # 200 ms of speech, then a crash
+        await ws.close(1011, "internal error")
+
+    async with scripted_bot(script) as bot, running_rig(bot_url=bot.url, **CONTINUE) as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        await end_of(rig, call)
+        assert continued(rig, call)
+        assert rig.controller.calls_total == 1
+        assert_nothing_left(rig)
+
+
+async def test_a_bot_sending_a_huge_message_is_cut_off_and_the_caller_continues() -> None:
+    async def script(ws: ServerConnection, bot: ScriptedBot) -> None:
+        sid = await wait_start(bot, ws)
+        await ws.send(media(sid, 0x55, 8000))  # 160 s of audio in one 1.7 MB message
+        await ws.wait_closed()
+
+    async with scripted_bot(script) as bot, running_rig(bot_url=bot.url, **CONTINUE) as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        await end_of(rig, call)
+        assert continued(rig, call)
         assert_nothing_left(rig)
