@@ -51,11 +51,11 @@ def _str(obj: Mapping[str, Any], key: str, default: str = "") -> str:
 
 
 def _mapping_or_empty(obj: object) -> Mapping[str, Any]:
-    return obj if isinstance(obj, Mapping) else {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _require_mapping(obj: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise AriEventError(f"{what} is not a JSON object")
     return obj
 
@@ -69,7 +69,7 @@ def parse_channel(obj: object) -> Channel:
     dialplan = _mapping_or_empty(ch.get("dialplan"))
     raw_vars = ch.get("channelvars")
     channelvars = (
-        {str(k): str(v) for k, v in raw_vars.items()} if isinstance(raw_vars, Mapping) else {}
+        {str(k): str(v) for k, v in raw_vars.items()} if isinstance(raw_vars, dict) else {}
     )
     priority = dialplan.get("priority", 0)
     return Channel(

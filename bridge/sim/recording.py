@@ -41,17 +41,17 @@ class RecordedEvent:
     def channel_id(self) -> str | None:
         """Id of the channel the event is about (`channel`, or `peer` for Dial)."""
         obj = self.data.get("channel") or self.data.get("peer")
-        return obj.get("id") if isinstance(obj, Mapping) else None
+        return obj.get("id") if isinstance(obj, dict) else None
 
     @property
     def channel_name(self) -> str:
         obj = self.data.get("channel") or self.data.get("peer")
-        return str(obj.get("name", "")) if isinstance(obj, Mapping) else ""
+        return str(obj.get("name", "")) if isinstance(obj, dict) else ""
 
     @property
     def bridge_id(self) -> str | None:
         obj = self.data.get("bridge")
-        return obj.get("id") if isinstance(obj, Mapping) else None
+        return obj.get("id") if isinstance(obj, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ class Recording:
         out: dict[str, list[str]] = {}
         for event in self.events:
             channel = event.data.get("channel")
-            if isinstance(channel, Mapping):
+            if isinstance(channel, dict):
                 key = str(channel.get("id"))
             elif event.bridge_id is not None:
                 key = f"bridge:{event.bridge_id}"

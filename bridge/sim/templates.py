@@ -62,7 +62,7 @@ def reshape(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str,
     for key, recorded in template.items():
         if key not in values:
             out[key] = copy.deepcopy(recorded)
-        elif isinstance(recorded, Mapping) and isinstance(values[key], Mapping):
+        elif isinstance(recorded, dict) and isinstance(values[key], dict):
             out[key] = reshape(recorded, values[key])
         else:
             out[key] = values[key]
