@@ -573,3 +573,29 @@ async def test_binary_and_text_from_the_bot_arrive_in_the_order_sent() -> None:
         await reports.wait_messages(len(sent))
         await bot.close([], 1000)
     assert reports.messages == sent
+
+
+async def test_text_and_binary_sent_to_the_bot_arrive_whole_and_in_order() -> None:
+    # Both go out on the direct path while the bot keeps up; sizes cover every length header.
+    sent: list[str | bytes] = []
+    for size in (0, 1, 125, 126, 640, 65535, 65536, 100_000):
+        sent.append(bytes(range(256)) * (size // 256) + bytes(size % 256))
+        sent.append("t" * size)
+    received: list[str | bytes] = []
+    done = asyncio.Event()
+
+    async def record(ws: ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+            if len(received) == len(sent):
+                done.set()
+
+    reports = Reports()
+    async with bot_server(record) as url:
+        bot = bot_for(url, reports)
+        await bot.connect()
+        for message in sent:
+            assert bot.send(message)
+        await asyncio.wait_for(done.wait(), 5)
+        await bot.close([], 1000)
+    assert received == sent
