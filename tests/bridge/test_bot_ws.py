@@ -179,22 +179,45 @@ async def test_nothing_listening_is_retried_until_the_deadline(
     assert [r["retry_in"] for r in failures] == [0.1, 0.2, None]
 
 
+class RefusalCounter:
+    """A stand-in for the connection's logger that sets `enough` at the n-th failed attempt."""
+
+    def __init__(self, starts_after: int) -> None:
+        self._left = starts_after
+        self.enough = asyncio.Event()
+
+    def bind(self, **_values: object) -> RefusalCounter:
+        return self
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def log(event: str, *_args: object, **_values: object) -> None:
+            if event == "bot_connect_failed":
+                self._left -= 1
+                if self._left <= 0:
+                    self.enough.set()
+
+        return log
+
+
 async def test_bot_listening_late_is_reached_by_a_retry() -> None:
     sock = loopback_socket()
     port = sock.getsockname()[1]
     loop = asyncio.get_running_loop()
     start = loop.time()
     server_up = asyncio.Event()
+    # The scenario: the bot process is still starting. It comes up once the bridge has been
+    # refused three times (at 0, 0.1 and 0.3 s), so the fourth attempt (0.7 s) gets in.
+    refused = RefusalCounter(starts_after=3)
 
     async def start_late() -> None:
-        await asyncio.sleep(0.5)  # the scenario: the bot process is still starting
+        await refused.enough.wait()
         async with serve(echo, sock=sock, compression=None):
             server_up.set()
             await asyncio.Event().wait()
 
     server = loop.create_task(start_late())
     reports = Reports()
-    bot = bot_for(f"ws://127.0.0.1:{port}/ws", reports, open_timeout=3.0)
+    bot = bot_for(f"ws://127.0.0.1:{port}/ws", reports, open_timeout=3.0, log=refused)
     try:
         await bot.connect()
         assert server_up.is_set()

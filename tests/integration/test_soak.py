@@ -173,8 +173,8 @@ class Sample:
 
 async def sample(sim: SimulatedAsterisk, bot: LightBot) -> Sample:
     # Library-internal tasks (websockets close handshakes, aiohttp keep-alive handlers) end on
-    # their own a little after the calls that used them; nothing of theirs can be awaited, so
-    # sample until two readings 50 ms apart agree.
+    # their own a little after the calls that used them: wait on the tasks themselves until
+    # two readings agree with none of them ending in between (at most 50 ms per look).
     previous: tuple[int, int] | None = None
     for _ in range(40):
         gc.collect()
@@ -185,7 +185,8 @@ async def sample(sim: SimulatedAsterisk, bot: LightBot) -> Sample:
         if reading == previous:
             break
         previous = reading
-        await asyncio.sleep(0.05)
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.wait(others, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
     objects = Counter(type(o).__name__ for o in gc.get_objects())
     return Sample(fd_census(sim.port, bot.port), len(asyncio.all_tasks()), sim.http_connections,
                   rss_mb(), objects)  # fmt: skip
