@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m bridge.demo
+	$(BIN)/python -m bridge.tools.demo
 
 # The bridge against a naive relay under the same load (a few minutes; `--quick`: ~30 s).
 bench: $(STAMP)
-	$(BIN)/python -m bridge.bench $(BENCH_ARGS)
+	$(BIN)/python -m bridge.tools.bench $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.demo.run import _demo, _parse_args
+from bridge.tools.demo.run import _demo, _parse_args
 
 
 async def test_demo_call_runs_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,13 +8,13 @@ import os
 import signal
 import sys
 
-from bridge.sim.asterisk import SimulatedAsterisk
+from bridge.tools.sim.asterisk import SimulatedAsterisk
 
 
 async def start_service(env: dict[str, str]) -> asyncio.subprocess.Process:
     """`pipecat-bridge run` as systemd starts it: configured by the environment alone."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.cli", "run",
+        sys.executable, "-m", "bridge.service.cli", "run",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
@@ -58,7 +58,7 @@ async def read_until(proc: asyncio.subprocess.Process, lines: list[bytes], text:
 
 
 async def test_sigterm_drains_and_a_second_signal_stops_at_once() -> None:
-    from bridge.demo.echo_bot import run_echo_bot
+    from bridge.tools.demo.echo_bot import run_echo_bot
 
     async with SimulatedAsterisk(password="pw") as sim, run_echo_bot() as bot:
         env = {

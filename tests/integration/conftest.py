@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.config import Settings
-from bridge.controller import Controller
-from bridge.demo.echo_bot import EchoBot, run_echo_bot
-from bridge.sim.asterisk import SimulatedAsterisk
+from bridge.service.config import Settings
+from bridge.service.controller import Controller
+from bridge.tools.demo.echo_bot import EchoBot, run_echo_bot
+from bridge.tools.sim.asterisk import SimulatedAsterisk
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from bridge.call import Call
+from bridge.call.runner import Call
 from rtp.packet import RtpPacket
 from tests.integration.conftest import Rig, running_rig
 from tests.integration.test_replay import assert_nothing_left, assert_rtp_stream

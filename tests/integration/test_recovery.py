@@ -8,9 +8,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from bridge.controller import Controller
-from bridge.demo.echo_bot import run_echo_bot
-from bridge.sim.asterisk import SimulatedAsterisk
+from bridge.service.controller import Controller
+from bridge.tools.demo.echo_bot import run_echo_bot
+from bridge.tools.sim.asterisk import SimulatedAsterisk
 from tests.integration.conftest import Rig, bridge_running, settings_for
 from tests.integration.test_replay import assert_nothing_left
 

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import statistics
 
-from bridge.sim.asterisk import SimCall
+from bridge.tools.sim.asterisk import SimCall
 from rtp.packet import RtpPacket
 from tests.integration.conftest import Rig, running_rig
 

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from bridge.sim.media import SimCall
+from bridge.tools.sim.media import SimCall
 from tests.integration.conftest import Rig, running_rig
 from tests.integration.test_faults import ScriptedBot, media, scripted_bot, wait_start
 from tests.integration.test_replay import assert_nothing_left

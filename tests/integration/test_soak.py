@@ -34,9 +34,9 @@ import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from bridge.controller import Controller
 from bridge.logs import configure_logging
-from bridge.sim.asterisk import SimulatedAsterisk
+from bridge.service.controller import Controller
+from bridge.tools.sim.asterisk import SimulatedAsterisk
 from tests.integration.conftest import settings_for
 
 CALLS = int(os.environ.get("SOAK_CALLS", "10000"))

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from bridge.sim.media import SimCall
+from bridge.tools.sim.media import SimCall
 from rtp.g711 import ulaw_to_pcm16
 from rtp.packet import RtpPacket
 from tests.integration.conftest import Rig, running_rig

@@ -1,0 +1,554 @@
+"""The per-call state machine: pure, no I/O, no clock of its own.
+
+Theory of operation
+-------------------
+A call starts when a caller's StasisStart arrives. The machine answers at once (a caller left
+ringing while we set up can time out), then in parallel binds the media leg, creates the
+bridge and connects the bot. When the leg is bound it creates the ExternalMedia channel with a
+pre-assigned id. Both channels are added to the bridge only once the bridge exists, the
+ExternalMedia response is in (it carries Asterisk's RTP address) *and* the ExternalMedia
+channel's own StasisStart was seen: adding it before that fails with 422 on a real Asterisk
+(asterisk-facts §1b), and its StasisStart may come before or after the REST response (§1).
+
+Teardown is driven by what exists, not by where setup got to: every resource that was created,
+or whose creation is still in flight, is deleted exactly once (a delete for a creation still in
+flight waits for its answer, else it could 404 and leak). The call is ENDED when every
+teardown command has been answered.
+
+    SETUP --bridged and bot connected--> UP --bot closed normally--> DRAINING
+      |                                   |                              |
+      +-------- any end ------------------+-------- any end -------------+--> ENDING --> ENDED
+
+All transitions go through `_goto`, which checks them against TRANSITIONS.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ari.events import (
+    AriEvent,
+    BridgeDestroyed,
+    ChannelDestroyed,
+    ChannelDtmfReceived,
+    ChannelHangupRequest,
+    PlaybackFinished,
+    StasisEnd,
+    StasisStart,
+)
+from ari.models import Channel
+from bridge.call.commands import (
+    AddChannels,
+    Answer,
+    BotClosed,
+    BotConnected,
+    CloseBot,
+    CloseMedia,
+    Command,
+    CommandDone,
+    CommandFailed,
+    ConnectBot,
+    ContinueInDialplan,
+    CreateBridge,
+    CreateExternalMedia,
+    DeleteBridge,
+    DrainPlayout,
+    Finished,
+    HangupChannel,
+    HangupRequested,
+    MediaFailed,
+    OpenMedia,
+    PlayoutDrained,
+    PlaySound,
+    SendDtmf,
+    StartMedia,
+)
+from bridge.errors import CallStateError
+
+# The longest a fallback sound may hold the caller before the fallback goes ahead anyway: a
+# PlaybackFinished that never comes (lost with the events socket) must not strand the caller.
+PLAYBACK_CAP = 30.0
+
+
+class CallState(enum.Enum):
+    SETUP = "setup"
+    UP = "up"
+    DRAINING = "draining"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.SETUP: frozenset({CallState.UP, CallState.ENDING}),
+    CallState.UP: frozenset({CallState.DRAINING, CallState.ENDING}),
+    CallState.DRAINING: frozenset({CallState.ENDING}),
+    CallState.ENDING: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+class Res(enum.Enum):
+    """Lifecycle of one resource the call creates."""
+
+    NONE = "none"
+    CREATING = "creating"
+    UP = "up"
+    DELETING = "deleting"
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Where a caller goes when the bot cannot have it (bot failed, setup failed, bridge full
+    or draining): `hangup`, or `continue` to a dialplan location; optionally after a sound."""
+
+    policy: str = "hangup"
+    context: str = ""
+    extension: str = "s"
+    priority: int = 1
+    sound: str = ""
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("hangup", "continue"):
+            raise ValueError(f"unknown fallback policy {self.policy!r}")
+        if self.policy == "continue" and not self.context:
+            raise ValueError("fallback continue needs a context")
+
+
+@dataclass(frozen=True, slots=True)
+class CallIds:
+    call_id: str
+    caller_id: str
+    bridge_id: str
+    media_channel_id: str
+    # Names the app, so a start-up sweep never takes another bridge process's bridge.
+    bridge_name: str = ""
+
+
+MachineInput = (
+    AriEvent
+    | CommandDone
+    | CommandFailed
+    | BotConnected
+    | BotClosed
+    | PlayoutDrained
+    | MediaFailed
+    | HangupRequested
+)
+
+
+class CallMachine:
+    def __init__(
+        self,
+        ids: CallIds,
+        caller: Channel,
+        bot_url: str,
+        now: float,
+        setup_timeout: float,
+        *,
+        fallback: Fallback | None = None,
+        reject: str = "",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """`reject`: do not set the call up at all, hand the caller straight to the
+        fallback for this reason (bridge full, draining). `clock` (monotonic seconds) is only
+        read to time a fallback sound."""
+        self.ids = ids
+        self.caller = caller
+        self.bot_url = bot_url
+        self.state = CallState.SETUP
+        self.end_reason = ""
+        self._setup_deadline = now + setup_timeout
+        self._out: list[Command] = []
+        self._pending: set[Command] = set()  # teardown commands not yet answered
+        self.caller_res = Res.UP
+        self.bridge_res = Res.NONE
+        self.media_res = Res.NONE  # the ExternalMedia channel
+        self.leg_res = Res.NONE  # our local media endpoint
+        self.bot_res = Res.NONE
+        self.media_in_stasis = False
+        self.media_channel: Channel | None = None
+        self.bridged = False
+        self._bridging = False
+        self._hangup_caller = True
+        self._bot_said_goodbye = False  # closed normally before the call was up
+        self.fallback = fallback or Fallback()
+        self._clock = clock or (lambda: now)
+        self.answered = False
+        self.used_fallback = False
+        # The bridge creation got no answer: Asterisk may create it after our delete. A
+        # late ExternalMedia channel announces itself (StasisStart); a late bridge does not.
+        self.bridge_unsure = False
+        # The caller's remaining fallback steps ("answer", "play", "continue", "hangup"), run
+        # one at a time once the bridge is gone (a channel still in our bridge would take the
+        # sound into the bridge, and `continue` must not race the bridge's teardown).
+        self._caller_plan: list[str] = []
+        self._caller_step: Command | None = None
+        self._playback_deadline: float | None = None
+        if reject:
+            self._end(reject, fallback=True)
+        else:
+            self._emit(Answer(ids.caller_id))
+
+    # ---- public API -------------------------------------------------------------------
+
+    def commands_to_send(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    def next_timer(self) -> float | None:
+        if self.state is CallState.SETUP:
+            return self._setup_deadline
+        return self._playback_deadline
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is CallState.SETUP and now >= self._setup_deadline:
+            self._end("setup timed out", fallback=True)
+        elif self._playback_deadline is not None and now >= self._playback_deadline:
+            self._playback_done()
+
+    def handle(self, event: MachineInput) -> None:
+        if self.state is CallState.ENDED:
+            return
+        if isinstance(event, CommandDone):
+            self._on_done(event.command, event.value)
+        elif isinstance(event, CommandFailed):
+            self._on_failed(event)
+        elif isinstance(event, BotConnected):
+            self._on_bot_connected()
+        elif isinstance(event, BotClosed):
+            self._on_bot_closed(event)
+        elif isinstance(event, PlayoutDrained):
+            if self.state is CallState.DRAINING:
+                self._end("bot ended the call")
+        elif isinstance(event, MediaFailed):
+            self._end(f"media failed: {event.reason}", fallback=True)
+        elif isinstance(event, HangupRequested):
+            if event.caller_gone:
+                self._caller_gone()
+            self._end(event.reason, fallback=event.fallback)
+        else:
+            self._on_ari(event)
+
+    # ---- ARI events ---------------------------------------------------------------------
+
+    def _on_ari(self, event: AriEvent) -> None:
+        if isinstance(event, StasisStart):
+            if event.channel.id == self.ids.media_channel_id:
+                self.media_in_stasis = True
+                self._maybe_bridge()
+        elif isinstance(event, ChannelDtmfReceived):
+            if event.channel.id == self.ids.caller_id and self.bot_res is Res.UP:
+                self._emit(SendDtmf(event.digit))
+        elif isinstance(event, ChannelHangupRequest | StasisEnd | ChannelDestroyed):
+            self._on_channel_leaving(event.channel.id)
+        elif isinstance(event, BridgeDestroyed) and event.bridge.id == self.ids.bridge_id:
+            if self.bridge_res is not Res.DELETING:
+                self.bridge_res = Res.GONE
+            self._end("bridge destroyed", fallback=True)
+        elif isinstance(event, PlaybackFinished):
+            step = self._caller_step
+            if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
+                self._playback_done()
+
+    def _on_channel_leaving(self, channel_id: str) -> None:
+        if channel_id == self.ids.caller_id:
+            self._caller_gone()
+            self._end("caller hung up")
+        elif channel_id == self.ids.media_channel_id and self.media_res is not Res.DELETING:
+            # Somebody else removed our media channel: the call has no audio path left.
+            if self.media_res is Res.UP:
+                self.media_res = Res.GONE
+            self._end("media channel went away", fallback=True)
+
+    def _caller_gone(self) -> None:
+        self._hangup_caller = False
+        if self.caller_res in (Res.UP, Res.DELETING):
+            self.caller_res = Res.GONE
+        if self._caller_plan or self._caller_step is not None:
+            self._caller_plan.clear()
+            self._caller_step = None
+            self._playback_deadline = None
+            self._maybe_finish()
+
+    # ---- command results ----------------------------------------------------------------
+
+    def _on_done(self, cmd: Command, value: object) -> None:
+        self._pending.discard(cmd)
+        if isinstance(cmd, Answer):
+            self.answered = True
+            if cmd is self._caller_step:
+                self._caller_step_done()
+            elif self.state is CallState.SETUP:
+                self._start_setup()
+        elif isinstance(cmd, PlaySound):
+            # Started: the step ends with its PlaybackFinished, or at the cap.
+            if cmd is self._caller_step:
+                self._playback_deadline = self._clock() + PLAYBACK_CAP
+        elif isinstance(cmd, ContinueInDialplan):
+            if cmd is self._caller_step:
+                self._caller_step = None
+                self._caller_plan.clear()
+                self.caller_res = Res.GONE
+        elif isinstance(cmd, OpenMedia):
+            self._created("leg_res", CloseMedia())
+            if self.state is CallState.SETUP and isinstance(value, str):
+                self.media_res = Res.CREATING
+                self._emit(CreateExternalMedia(self.ids.media_channel_id, value))
+        elif isinstance(cmd, CreateBridge):
+            self._created("bridge_res", DeleteBridge(self.ids.bridge_id))
+            self._maybe_bridge()
+        elif isinstance(cmd, CreateExternalMedia):
+            if isinstance(value, Channel):
+                self.media_channel = value
+            self._created("media_res", HangupChannel(self.ids.media_channel_id))
+            if self.state is CallState.SETUP and self.media_channel is not None:
+                self._emit(StartMedia(self.media_channel))
+            self._maybe_bridge()
+        elif isinstance(cmd, AddChannels):
+            self._bridging = False
+            self.bridged = True
+            self._maybe_up()
+        elif isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
+            self._teardown_done(cmd)
+        self._maybe_finish()
+
+    def _on_failed(self, failed: CommandFailed) -> None:
+        cmd = failed.command
+        self._pending.discard(cmd)
+        if cmd is self._caller_step:
+            self._caller_step_failed(failed)
+            self._maybe_finish()
+            return
+        if isinstance(cmd, CreateBridge):
+            if failed.status is None:
+                self.bridge_unsure = True
+            self.bridge_res = self._after_failed_creation(failed, self.bridge_res)
+            if self.bridge_res is Res.DELETING:
+                self._emit_teardown(DeleteBridge(self.ids.bridge_id))
+        elif isinstance(cmd, CreateExternalMedia):
+            self.media_res = self._after_failed_creation(failed, self.media_res)
+            if self.media_res is Res.DELETING:
+                self._emit_teardown(HangupChannel(self.ids.media_channel_id))
+        elif isinstance(cmd, OpenMedia):
+            self.leg_res = Res.GONE
+        elif isinstance(cmd, AddChannels):
+            self._bridging = False
+        elif isinstance(cmd, Answer) and failed.status == 404:
+            self._caller_gone()
+        elif isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
+            # A failed delete is final either way: 404 means gone already, anything else is
+            # logged by the runner and cannot be retried forever.
+            self._teardown_done(cmd)
+        elif isinstance(cmd, ConnectBot):
+            self.bot_res = Res.GONE
+        if not isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
+            self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True)
+        self._advance_caller()
+        self._maybe_finish()
+
+    @staticmethod
+    def _after_failed_creation(failed: CommandFailed, res: Res) -> Res:
+        """A creation with no HTTP answer (timeout, connection lost) may still have been
+        performed by a slow Asterisk: its id is ours, so delete it (a 404 is fine) rather
+        than leave it behind. An HTTP error answer means it was not created."""
+        if failed.status is None:
+            return Res.DELETING if res is Res.DELETING else Res.UP
+        return Res.GONE
+
+    def _created(self, attr: str, delete: Command) -> None:
+        """A creation answered: either keep the resource, or delete it if we are ending."""
+        if getattr(self, attr) is Res.DELETING:
+            # Teardown started while this was in flight: delete it now that it exists.
+            self._emit_teardown(delete)
+        else:
+            setattr(self, attr, Res.UP)
+
+    # ---- setup --------------------------------------------------------------------------
+
+    def _start_setup(self) -> None:
+        self.leg_res = Res.CREATING
+        self._emit(OpenMedia())
+        self.bridge_res = Res.CREATING
+        name = self.ids.bridge_name or f"pipecat-{self.ids.caller_id}"
+        self._emit(CreateBridge(self.ids.bridge_id, name))
+        self.bot_res = Res.CREATING
+        self._emit(ConnectBot(self.bot_url))
+
+    def _maybe_bridge(self) -> None:
+        if (
+            self.state is CallState.SETUP
+            and not self._bridging
+            and not self.bridged
+            and self.bridge_res is Res.UP
+            and self.media_res is Res.UP
+            and self.media_in_stasis
+        ):
+            self._bridging = True
+            self._emit(
+                AddChannels(self.ids.bridge_id, (self.ids.caller_id, self.ids.media_channel_id))
+            )
+
+    def _on_bot_connected(self) -> None:
+        if self.bot_res is Res.CREATING:
+            self.bot_res = Res.UP
+        self._maybe_up()
+
+    def _maybe_up(self) -> None:
+        if self.state is not CallState.SETUP or not self.bridged:
+            return
+        if self.bot_res is Res.UP:
+            self._goto(CallState.UP)
+        elif self._bot_said_goodbye:
+            # A bot that spoke and hung up before the bridge was ready is still heard out.
+            self._goto(CallState.UP)
+            self._goto(CallState.DRAINING)
+            self._emit(DrainPlayout())
+
+    def _on_bot_closed(self, event: BotClosed) -> None:
+        was_up = self.bot_res is Res.UP
+        self.bot_res = Res.GONE
+        if was_up and event.code == 1000 and self.state is CallState.UP:
+            self._goto(CallState.DRAINING)
+            self._emit(DrainPlayout())
+        elif was_up and event.code == 1000 and self.state is CallState.SETUP:
+            self._bot_said_goodbye = True
+        elif self.state in (CallState.SETUP, CallState.UP):
+            self._end(
+                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(), fallback=True
+            )
+
+    # ---- teardown -----------------------------------------------------------------------
+
+    def _end(self, reason: str, *, fallback: bool = False) -> None:
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        self.end_reason = reason
+        self._goto(CallState.ENDING)
+        if self.bot_res in (Res.UP, Res.CREATING):
+            self._emit_teardown(CloseBot(send_stop=True))
+            self.bot_res = Res.DELETING
+        self._teardown("media_res", HangupChannel(self.ids.media_channel_id))
+        if self._hangup_caller and self.caller_res is Res.UP:
+            self.caller_res = Res.DELETING
+            self._caller_plan = self._plan_for_caller(fallback)
+            self.used_fallback = fallback
+            self._advance_caller()
+        self._teardown("bridge_res", DeleteBridge(self.ids.bridge_id))
+        self._teardown("leg_res", CloseMedia())
+        self._advance_caller()
+        self._maybe_finish()
+
+    # ---- the caller's way out -----------------------------------------------------------
+
+    def _plan_for_caller(self, fallback: bool) -> list[str]:
+        if not fallback:
+            return ["hangup"]
+        plan = []
+        if self.fallback.sound:
+            plan = ["play"] if self.answered else ["answer", "play"]
+        plan.append("continue" if self.fallback.policy == "continue" else "hangup")
+        return plan
+
+    def _advance_caller(self) -> None:
+        """Issue the caller's next step, once nothing of ours still holds the caller."""
+        if self._caller_step is not None or not self._caller_plan:
+            return
+        if self._caller_plan[0] != "hangup" and self.bridge_res not in (Res.NONE, Res.GONE):
+            return  # the bridge's delete (or creation) is still in flight
+        step = self._caller_plan.pop(0)
+        caller = self.ids.caller_id
+        cmd: Command
+        if step == "answer":
+            cmd = Answer(caller)
+        elif step == "play":
+            cmd = PlaySound(caller, self.fallback.sound, f"{self.ids.call_id}-fallback")
+        elif step == "continue":
+            fb = self.fallback
+            cmd = ContinueInDialplan(caller, fb.context, fb.extension, fb.priority)
+        else:
+            cmd = HangupChannel(caller)
+        self._caller_step = cmd
+        self._emit_teardown(cmd)
+
+    def _caller_step_done(self) -> None:
+        self._caller_step = None
+        self._advance_caller()
+
+    def _playback_done(self) -> None:
+        self._playback_deadline = None
+        if isinstance(self._caller_step, PlaySound):
+            self._pending.discard(self._caller_step)
+            self._caller_step_done()
+        self._maybe_finish()
+
+    def _caller_step_failed(self, failed: CommandFailed) -> None:
+        step, self._caller_step = self._caller_step, None
+        if failed.status == 404:
+            # The caller is gone already: nothing left to hand over.
+            self._caller_plan.clear()
+            self.caller_res = Res.GONE
+            return
+        if isinstance(step, HangupChannel):
+            self.caller_res = Res.GONE  # final either way, as for our own channels
+            return
+        if isinstance(step, ContinueInDialplan):
+            # A bad fallback location must not strand the caller in silence: hang up.
+            self._caller_plan = ["hangup"]
+        self._advance_caller()
+
+    def _teardown(self, attr: str, delete: Command) -> None:
+        res = getattr(self, attr)
+        if res is Res.UP:
+            self._emit_teardown(delete)
+        if res in (Res.UP, Res.CREATING):
+            setattr(self, attr, Res.DELETING)
+
+    def _teardown_done(self, cmd: Command) -> None:
+        if cmd is self._caller_step:
+            self._caller_step = None
+            if isinstance(cmd, HangupChannel):
+                self.caller_res = Res.GONE
+            return
+        if isinstance(cmd, HangupChannel):
+            if cmd.channel_id == self.ids.caller_id:
+                self.caller_res = Res.GONE
+            else:
+                self.media_res = Res.GONE
+        elif isinstance(cmd, DeleteBridge):
+            self.bridge_res = Res.GONE
+            self._advance_caller()
+        elif isinstance(cmd, CloseMedia):
+            self.leg_res = Res.GONE
+        elif isinstance(cmd, CloseBot):
+            self.bot_res = Res.GONE
+
+    def _maybe_finish(self) -> None:
+        if self.state is not CallState.ENDING or self._pending:
+            return
+        if self._caller_plan or self._caller_step is not None:
+            return
+        # With no delete pending, a resource still CREATING/DELETING is a creation in flight:
+        # its answer will tell whether there is something left to delete.
+        busy = (Res.CREATING, Res.DELETING)
+        resources = (self.bridge_res, self.media_res, self.leg_res, self.bot_res, self.caller_res)
+        if any(res in busy for res in resources):
+            return
+        self._goto(CallState.ENDED)
+        self._emit(Finished(self.end_reason))
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _emit(self, cmd: Command) -> None:
+        self._out.append(cmd)
+
+    def _emit_teardown(self, cmd: Command) -> None:
+        self._pending.add(cmd)
+        self._out.append(cmd)
+
+    def _goto(self, state: CallState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise CallStateError(f"call {self.ids.call_id}: {self.state.name} -> {state.name}")
+        self.state = state

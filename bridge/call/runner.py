@@ -1,0 +1,367 @@
+"""One call's runner: executes what its CallMachine asks, feeds the results back.
+
+The runner owns the call's I/O objects (media leg, bot connection, REST tasks, setup timer)
+and is the call's task boundary: an unexpected exception in any of its tasks is logged with
+its traceback and ends this call, never another call or the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ari.events import AriEvent
+from ari.models import Channel
+from ari.rest import AriRestClient
+from bridge.bot.connection import BotConnection
+from bridge.bot.dialects.base import BotAudio, BotClear, BotDialect, BotIgnored, BotMark, CallInfo
+from bridge.call.commands import (
+    AddChannels,
+    Answer,
+    BotClosed,
+    BotConnected,
+    CloseBot,
+    CloseMedia,
+    Command,
+    CommandDone,
+    CommandFailed,
+    ConnectBot,
+    ContinueInDialplan,
+    CreateBridge,
+    CreateExternalMedia,
+    DeleteBridge,
+    DrainPlayout,
+    Finished,
+    HangupChannel,
+    MediaFailed,
+    OpenMedia,
+    PlayoutDrained,
+    PlaySound,
+    SendDtmf,
+    StartMedia,
+)
+from bridge.call.machine import CallIds, CallMachine, Fallback, MachineInput
+from bridge.errors import AriHttpError, BotProtocolError, BridgeError
+from bridge.logs import redact_url
+from bridge.media.leg import MediaLeg
+from rtp.formats import AudioFormat
+from rtp.transcode import Transcoder, spec_for_format
+
+
+class Call:
+    def __init__(
+        self,
+        *,
+        ids: CallIds,
+        caller: Channel,
+        bot_url: str,
+        app: str,
+        audio_format: AudioFormat,
+        rest: AriRestClient,
+        leg_factory: Callable[[Call], MediaLeg],
+        dialect: BotDialect,
+        info: CallInfo,
+        bot_connect_timeout: float,
+        setup_timeout: float,
+        on_finished: Callable[[Call], None],
+        log: Any,
+        fallback: Fallback | None = None,
+        reject: str = "",
+        tx_format: AudioFormat | None = None,
+        bot_options: dict[str, Any] | None = None,
+    ) -> None:
+        """`audio_format`: what the ExternalMedia channel sends (its `format=`);
+        `tx_format`: what we send it back (µ-law for a slin16 channel, asterisk-facts §10).
+        The bot's audio is converted from and to the dialect's own (`dialect.audio`)."""
+        self.ids = ids
+        self.log = log
+        self._loop = asyncio.get_running_loop()
+        self._rest = rest
+        self._app = app
+        self._format = audio_format.name
+        self._dialect = dialect
+        self._bot_options = bot_options or {}
+        self._to_bot = Transcoder(spec_for_format(audio_format), dialect.audio)
+        self._from_bot = Transcoder(dialect.audio, spec_for_format(tx_format or audio_format))
+        self._info = info
+        self._bot_connect_timeout = bot_connect_timeout
+        self._on_finished = on_finished
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._bot: BotConnection | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._bot_up = False
+        self.started_at = time.monotonic()
+        self.bot_bad_messages = 0
+        self.bot_audio_bytes = 0
+        self.dtmf_sent = 0
+        self.machine = CallMachine(
+            ids,
+            caller,
+            bot_url,
+            self._loop.time(),
+            setup_timeout,
+            fallback=fallback,
+            reject=reject,
+            clock=self._loop.time,
+        )
+        self.leg = leg_factory(self)
+        self.finished = self._loop.create_future()
+
+    @property
+    def state(self) -> str:
+        return self.machine.state.value
+
+    def start(self) -> None:
+        if self.machine.state.value == "ending":
+            self.log.warning("call_rejected", reason=self.machine.end_reason,
+                             fallback=self.machine.fallback.policy)
+        else:
+            self.log.info("call_started", bot_url=redact_url(self.machine.bot_url),
+                          dialect=self._dialect.name)
+        self._pump()
+
+    def feed(self, event: AriEvent | MachineInput) -> None:
+        self.machine.handle(event)
+        self._pump()
+
+    # ---- command execution ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        finished: Finished | None = None
+        while True:
+            commands = self.machine.commands_to_send()
+            if not commands:
+                break
+            for cmd in commands:
+                if isinstance(cmd, Finished):
+                    finished = cmd
+                else:
+                    self._execute(cmd)
+        self._arm_timer()
+        if finished is not None:
+            self._finish(finished)
+
+    def _execute(self, cmd: Command) -> None:
+        rest = self._rest
+        if isinstance(cmd, Answer):
+            self._spawn(cmd, rest.answer(cmd.channel_id))
+        elif isinstance(cmd, OpenMedia):
+            self._spawn(cmd, self._open_media())
+        elif isinstance(cmd, CreateBridge):
+            self._spawn(cmd, rest.create_bridge(cmd.bridge_id, cmd.name))
+        elif isinstance(cmd, CreateExternalMedia):
+            self._spawn(
+                cmd,
+                rest.create_external_media(
+                    channel_id=cmd.channel_id,
+                    app=self._app,
+                    external_host=cmd.external_host,
+                    fmt=self._format,
+                    **self.leg.external_media_params(),
+                ),
+            )
+        elif isinstance(cmd, StartMedia):
+            self._start_media(cmd)
+        elif isinstance(cmd, AddChannels):
+            self._spawn(cmd, rest.add_channels(cmd.bridge_id, cmd.channel_ids))
+        elif isinstance(cmd, ConnectBot):
+            self._connect_task = self._spawn(cmd, self._connect_bot(cmd.url))
+        elif isinstance(cmd, SendDtmf):
+            self._send_dtmf(cmd.digit)
+        elif isinstance(cmd, DrainPlayout):
+            self.leg.drain()
+        elif isinstance(cmd, CloseBot):
+            self._spawn(cmd, self._close_bot(cmd))
+        elif isinstance(cmd, HangupChannel):
+            self._spawn(cmd, rest.hangup(cmd.channel_id))
+        elif isinstance(cmd, DeleteBridge):
+            self._spawn(cmd, rest.delete_bridge(cmd.bridge_id))
+        elif isinstance(cmd, PlaySound):
+            self.log.info("fallback_sound", media=cmd.media)
+            self._spawn(cmd, rest.play(cmd.channel_id, cmd.media, cmd.playback_id))
+        elif isinstance(cmd, ContinueInDialplan):
+            self.log.info("fallback_continue", context=cmd.context, extension=cmd.extension,
+                          priority=cmd.priority)
+            self._spawn(
+                cmd,
+                rest.continue_in_dialplan(cmd.channel_id, cmd.context, cmd.extension,
+                                          cmd.priority),
+            )
+        elif isinstance(cmd, CloseMedia):
+            self.leg.close()
+            self.machine.handle(CommandDone(cmd))
+
+    def _spawn(self, cmd: Command, coro: Any) -> asyncio.Task[None]:
+        task = self._loop.create_task(self._run(cmd, coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, cmd: Command, coro: Any) -> None:
+        name = type(cmd).__name__
+        try:
+            value = await coro
+        except AriHttpError as exc:
+            level = "info" if exc.status == 404 and _is_teardown(cmd) else "warning"
+            getattr(self.log, level)("ari_request_failed", command=name, status=exc.status,
+                                     error=exc.message)
+            self.feed(CommandFailed(cmd, exc.message, exc.status))
+        except (BridgeError, OSError, TimeoutError) as exc:
+            self.log.warning("command_failed", command=name, error=str(exc))
+            self.feed(CommandFailed(cmd, str(exc)))
+        except Exception as exc:
+            self.log.exception("command_crashed", command=name)
+            self.feed(CommandFailed(cmd, repr(exc)))
+        else:
+            self.feed(CommandDone(cmd, value))
+
+    def _arm_timer(self) -> None:
+        deadline = self.machine.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.machine.handle_timer(self._loop.time())
+        self._pump()
+
+    # ---- media --------------------------------------------------------------------------
+
+    async def _open_media(self) -> str:
+        external_host = await self.leg.open()
+        self.log = self.log.bind(rtp_port=getattr(self.leg, "port", None))
+        self.log.info("media_bound", external_host=external_host)
+        return external_host
+
+    def _start_media(self, cmd: StartMedia) -> None:
+        try:
+            self.leg.start(cmd.channel)
+        except ValueError as exc:
+            self.machine.handle(MediaFailed(str(exc)))
+            return
+        self.log.info("media_started", asterisk_rtp=getattr(self.leg, "remote", None))
+
+    # MediaEvents, called by the leg
+    def on_caller_audio(self, payload: bytes) -> None:
+        if self._bot_up:
+            assert self._bot is not None
+            self._bot.send(self._dialect.encode_audio(self._to_bot.convert(payload)))
+
+    def on_marks_played(self, names: list[str]) -> None:
+        if self._bot_up:
+            assert self._bot is not None
+            for name in names:
+                message = self._dialect.encode_mark(name)
+                if message is not None:
+                    self._bot.send(message)
+
+    def on_playout_drained(self) -> None:
+        self.feed(PlayoutDrained())
+
+    def on_media_failed(self, reason: str) -> None:
+        self.feed(MediaFailed(reason))
+
+    # ---- bot ----------------------------------------------------------------------------
+
+    async def _connect_bot(self, url: str) -> None:
+        bot = BotConnection(
+            url,
+            on_message=self._on_bot_message,
+            on_closed=self._on_bot_closed,
+            open_timeout=self._bot_connect_timeout,
+            log=self.log,
+            **self._bot_options,
+        )
+        self._bot = bot
+        await bot.connect()
+        for message in self._dialect.opening_messages(self._info):
+            bot.send(message)
+        self._bot_up = True
+        self.log.info("bot_connected")
+        self.machine.handle(BotConnected())
+
+    async def _close_bot(self, cmd: CloseBot) -> None:
+        self._bot_up = False
+        connecting = self._connect_task
+        if connecting is not None and not connecting.done():
+            # Ending while the bot socket is still opening: abandon the attempt.
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            return
+        bot = self._bot
+        if bot is None:
+            return
+        final = self._dialect.closing_messages() if cmd.send_stop else []
+        await bot.close(final, cmd.code)
+
+    def _send_dtmf(self, digit: str) -> None:
+        message = self._dialect.encode_dtmf(digit)
+        if message is not None and self._bot is not None and self._bot.send(message):
+            self.dtmf_sent += 1
+            self.log.info("dtmf_forwarded", digit=digit)
+
+    def _on_bot_message(self, message: str | bytes) -> None:
+        try:
+            event = self._dialect.decode(message)
+        except BotProtocolError as exc:
+            self.bot_bad_messages += 1
+            if self.bot_bad_messages in (1, 10, 100, 1000):
+                self.log.warning("bot_message_rejected", reason=str(exc),
+                                 count=self.bot_bad_messages)
+            return
+        if isinstance(event, BotAudio):
+            self.bot_audio_bytes += len(event.payload)
+            self.leg.play(self._from_bot.convert(event.payload))
+        elif isinstance(event, BotClear):
+            self.leg.clear()
+            self._from_bot.reset()
+            self.log.info("bot_clear")
+        elif isinstance(event, BotMark):
+            self.leg.mark(event.name)
+        elif isinstance(event, BotIgnored):
+            self.log.debug("bot_message_ignored", reason=event.reason)
+
+    def _on_bot_closed(self, code: int | None, reason: str) -> None:
+        self._bot_up = False
+        self.log.info("bot_closed", code=code, reason=reason)
+        self.feed(BotClosed(code, reason))
+
+    # ---- end ----------------------------------------------------------------------------
+
+    def _finish(self, finished: Finished) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.leg.close()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        bot = self._bot
+        self.log.info(
+            "call_ended",
+            reason=finished.reason,
+            fallback=self.machine.fallback.policy if self.machine.used_fallback else None,
+            duration_s=round(time.monotonic() - self.started_at, 3),
+            bot_audio_bytes=self.bot_audio_bytes,
+            bot_sent=bot.sent if bot else 0,
+            bot_dropped=bot.dropped if bot else 0,
+            bot_bad_messages=self.bot_bad_messages,
+            dtmf=self.dtmf_sent,
+            **self.leg.stats(),
+        )
+        if not self.finished.done():
+            self.finished.set_result(finished.reason)
+        self._on_finished(self)
+
+
+def _is_teardown(cmd: Command) -> bool:
+    return isinstance(cmd, HangupChannel | DeleteBridge | CloseBot | CloseMedia)

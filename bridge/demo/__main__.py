@@ -1,5 +1,0 @@
-import sys
-
-from bridge.demo.run import main
-
-sys.exit(main())

@@ -1,0 +1,95 @@
+"""`pipecat-bridge run ...`: the systemd entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from bridge.errors import ConfigError
+from bridge.logs import configure_logging, get_logger
+from bridge.service.config import Settings, parse_settings
+from bridge.service.controller import Controller
+
+log = get_logger("bridge.service.cli")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the controller until SIGTERM or SIGINT, then clean up and return.
+
+    The first signal drains: new callers get the fallback, calls in progress go on for up to
+    --drain-timeout, then the rest are hung up. A second signal skips the wait: every call is
+    hung up now. Either way everything is cleaned up before this returns (exit 0)."""
+    controller = Controller(settings)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(controller.run())
+    stopper = _Stopper(controller, task, settings.drain_timeout)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopper.on_signal, sig)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        stopper.cancel()
+
+
+class _Stopper:
+    def __init__(self, controller: Controller, task: asyncio.Task[None], drain_s: float) -> None:
+        self._controller = controller
+        self._task = task
+        self._drain_s = drain_s
+        self._drain: asyncio.Task[None] | None = None
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        if self._drain is None:
+            log.info(
+                "signal_received", signal=sig.name, action="drain", drain_timeout_s=self._drain_s
+            )
+            self._drain = asyncio.get_running_loop().create_task(self._drain_then_stop())
+        else:
+            log.info("signal_received", signal=sig.name, action="stop now")
+            self._task.cancel()
+
+    async def _drain_then_stop(self) -> None:
+        await self._controller.drain(self._drain_s)
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"pipecat-bridge: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    # Everything imported so far lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise stall the event loop (and so the 20 ms RTP
+    # clock) for ~100 ms every few seconds under load (measured in the 10k-call soak).
+    gc.collect()
+    gc.freeze()
+    _run(serve(settings))
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop when it is installed: -19% CPU per call-second at 200 calls (make bench)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Settings from the command line, each flag also readable from a BRIDGE_* environment variable
+(so systemd can use an EnvironmentFile). The flag wins over the environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+from bridge.media.ports import PortPool, parse_port_range
+
+FORMATS = ("ulaw", "alaw", "slin16")
+DIALECTS = ("twilio", "exotel", "vonage")
+FALLBACKS = ("hangup", "continue")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = ("1", "true", "yes", "on")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    ari_url: str = "http://127.0.0.1:8088"
+    ari_user: str = "asterisk"
+    ari_password: str = ""
+    app: str = "pipecat"
+    bot_url: str = "ws://127.0.0.1:8765/ws"
+    rtp_host: str = "127.0.0.1"
+    rtp_ports: tuple[int, int] = (20000, 20999)
+    format: str = "ulaw"
+    dialect: str = "twilio"
+    silence_fill: bool = True
+    caller_silence_fill: bool = True
+    max_queue_ms: int = 2000
+    playout_reserve_ms: int = 40
+    reorder_window_ms: int = 40
+    bot_connect_timeout: float = 3.0
+    bot_stall_timeout: float = 5.0
+    bot_ca_file: str = ""
+    bot_headers: tuple[tuple[str, str], ...] = ()
+    fallback: str = "hangup"
+    fallback_context: str = ""
+    fallback_extension: str = "s"
+    fallback_priority: int = 1
+    fallback_sound: str = ""
+    max_calls: int = 0
+    drain_timeout: float = 30.0
+    setup_timeout: float = 10.0
+    rest_timeout: float = 5.0
+    id_prefix: str = "pcb-"
+    log_format: str = "console"
+    log_level: str = "info"
+
+    @property
+    def ari_host(self) -> str:
+        return urlsplit(self.ari_url).hostname or "127.0.0.1"
+
+
+# flag, env var, Settings field, help
+_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--ari-url", "ari_url", "Asterisk HTTP server URL, with or without /ari"),
+    ("--ari-user", "ari_user", "ARI user (ari.conf)"),
+    ("--ari-password", "ari_password", "ARI password (prefer --ari-password-file)"),
+    ("--ari-password-file", "ari_password_file", "file holding the ARI password"),
+    ("--app", "app", "Stasis application name (dialplan Stasis(NAME))"),
+    ("--bot-url", "bot_url", "bot URL template: {call_id} {channel_id} {caller} {called}"),
+    ("--rtp-host", "rtp_host", "local address for ExternalMedia RTP sockets"),
+    ("--rtp-ports", "rtp_ports", "local port range LOW-HIGH (must not overlap rtp.conf's)"),
+    ("--format", "format", f"ExternalMedia audio format: {', '.join(FORMATS)}"),
+    ("--dialect", "dialect", f"bot WebSocket dialect: {', '.join(DIALECTS)}"),
+    ("--max-queue-ms", "max_queue_ms", "most bot audio queued per call, in ms"),
+    ("--playout-reserve-ms", "playout_reserve_ms", "bot audio held before a talkspurt starts"),
+    (
+        "--reorder-window-ms",
+        "reorder_window_ms",
+        "how long a caller RTP gap waits for late packets",
+    ),
+    (
+        "--bot-connect-timeout",
+        "bot_connect_timeout",
+        "seconds to open the bot WebSocket, retries included",
+    ),
+    (
+        "--bot-stall-timeout",
+        "bot_stall_timeout",
+        "seconds a bot may stop reading before it is failed",
+    ),
+    ("--bot-ca-file", "bot_ca_file", "PEM CA bundle trusted for wss:// bots (default: system CAs)"),
+    (
+        "--bot-headers-file",
+        "bot_headers_file",
+        "file of 'Name: value' lines sent when connecting to the bot",
+    ),
+    ("--fallback", "fallback", "when the bot fails or the bridge is full: hangup or continue"),
+    ("--fallback-context", "fallback_context", "dialplan context for --fallback continue"),
+    ("--fallback-extension", "fallback_extension", "dialplan extension for --fallback continue"),
+    ("--fallback-priority", "fallback_priority", "dialplan priority for --fallback continue"),
+    ("--fallback-sound", "fallback_sound", "media played before the fallback, e.g. sound:sorry"),
+    ("--max-calls", "max_calls", "most concurrent calls (0: as many as --rtp-ports allows)"),
+    ("--drain-timeout", "drain_timeout", "seconds calls may go on after SIGTERM"),
+    ("--setup-timeout", "setup_timeout", "seconds for a call's whole set-up"),
+    ("--rest-timeout", "rest_timeout", "seconds for one ARI REST request"),
+    ("--id-prefix", "id_prefix", "prefix of the bridge and channel ids this service creates"),
+    ("--log-format", "log_format", "json (systemd) or console"),
+    ("--log-level", "log_level", "debug, info, warning, error"),
+)
+
+
+_INTS = (
+    "max_queue_ms",
+    "playout_reserve_ms",
+    "reorder_window_ms",
+    "fallback_priority",
+    "max_calls",
+)
+_FLOATS = (
+    "bot_connect_timeout",
+    "bot_stall_timeout",
+    "setup_timeout",
+    "rest_timeout",
+    "drain_timeout",
+)
+
+
+def _env_name(field: str) -> str:
+    return "BRIDGE_" + field.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipecat-bridge", description="Asterisk ARI ExternalMedia <-> Pipecat bot bridge"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the bridge service")
+    for flag, field, help_text in _FLAGS:
+        run.add_argument(flag, dest=field, default=None, help=f"{help_text} [${_env_name(field)}]")
+    run.add_argument(
+        "--no-silence-fill",
+        dest="silence_fill",
+        action="store_const",
+        const="false",
+        default=None,
+        help="send no RTP while the bot is quiet [$BRIDGE_SILENCE_FILL=false]",
+    )
+    run.add_argument(
+        "--no-caller-silence-fill",
+        dest="caller_silence_fill",
+        action="store_const",
+        const="false",
+        default=None,
+        help="send the bot nothing while the caller sends no RTP "
+        "[$BRIDGE_CALLER_SILENCE_FILL=false]",
+    )
+    return parser
+
+
+def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    raw: dict[str, str] = {}
+    for _flag, field, _help in (*_FLAGS, ("", "silence_fill", ""), ("", "caller_silence_fill", "")):
+        value = getattr(namespace, field, None)
+        if value is None:
+            value = env.get(_env_name(field))
+        if value is not None:
+            raw[field] = value
+    raw.pop("ari_password_file", None)
+    raw.pop("ari_password", None)
+    password = _password(namespace, env)
+    if password is not None:
+        raw["ari_password"] = password
+    headers_file = raw.pop("bot_headers_file", None)
+    settings = _validate(raw)
+    if headers_file:
+        headers = _read_headers_file(headers_file)
+        if urlsplit(settings.bot_url).username is not None and any(
+            name.lower() == "authorization" for name, _ in headers
+        ):
+            # websockets would send both: the URL's Basic credentials and this header.
+            raise ConfigError(
+                "--bot-url has user:password@ and --bot-headers-file an "
+                "Authorization header: keep one"
+            )
+        settings = dataclasses.replace(settings, bot_headers=headers)
+    return settings
+
+
+def _password(namespace: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """--ari-password, else --ari-password-file, else the same two from the environment:
+    a flag of either kind wins over both environment variables."""
+    for given, path in (
+        (getattr(namespace, "ari_password", None), getattr(namespace, "ari_password_file", None)),
+        (env.get(_env_name("ari_password")), env.get(_env_name("ari_password_file"))),
+    ):
+        if given is not None:
+            return given
+        if path:
+            return _read_password_file(path)
+    return None
+
+
+def _read_password_file(path: str) -> str:
+    return _read_secret_file(path, "--ari-password-file").strip()
+
+
+def _read_secret_file(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if os.fstat(fh.fileno()).st_mode & 0o004:
+                # A secret anyone on the VM can read is not a secret; refuse rather than warn,
+                # since the log line would be missed and the file left as it is.
+                raise ConfigError(f"{flag} {path} is world-readable: chmod o-r it")
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {flag}: {exc.strerror}") from None
+
+
+def _read_headers_file(path: str) -> tuple[tuple[str, str], ...]:
+    """'Name: value' per line; blank lines and # comments skipped. Values are secrets (bearer
+    tokens): errors name the line number, never its text."""
+    headers: list[tuple[str, str]] = []
+    text = _read_secret_file(path, "--bot-headers-file")
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.fullmatch(name) or not value or "\r" in value:
+            raise ConfigError(f"--bot-headers-file line {number} is not 'Name: value'")
+        headers.append((name, value))
+    return tuple(headers)
+
+
+def _validate(raw: dict[str, str]) -> Settings:
+    kwargs: dict[str, object] = dict(raw)
+    try:
+        for name in _INTS:
+            if name in raw:
+                kwargs[name] = int(raw[name])
+        for name in _FLOATS:
+            if name in raw:
+                kwargs[name] = float(raw[name])
+    except ValueError as exc:
+        raise ConfigError(f"bad number: {exc}") from None
+    for name in ("playout_reserve_ms", "reorder_window_ms", "max_calls"):
+        if int(kwargs.get(name, 0)) < 0:  # type: ignore[call-overload]
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    for name in ("max_queue_ms", "fallback_priority", *_FLOATS):
+        number = kwargs.get(name)
+        # 0 or a negative timeout would mean "no timeout" to aiohttp; nan and inf break timers.
+        if isinstance(number, int | float) and not (math.isfinite(number) and number > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number")
+    if "rtp_ports" in raw:
+        low, high = parse_port_range(raw["rtp_ports"])
+        PortPool(low, high)  # a range with no even port fails here, not at start-up
+        kwargs["rtp_ports"] = (low, high)
+    for name in ("silence_fill", "caller_silence_fill"):
+        if name in raw:
+            kwargs[name] = _bool(raw[name], name)
+    settings = Settings(**kwargs)  # type: ignore[arg-type]
+    if settings.format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    if settings.dialect not in DIALECTS:
+        raise ConfigError(f"--dialect must be one of {', '.join(DIALECTS)}")
+    if settings.fallback not in FALLBACKS:
+        raise ConfigError(f"--fallback must be one of {', '.join(FALLBACKS)}")
+    if settings.fallback == "continue" and not settings.fallback_context:
+        raise ConfigError("--fallback continue needs --fallback-context")
+    if settings.playout_reserve_ms >= settings.max_queue_ms:
+        raise ConfigError("--playout-reserve-ms must be smaller than --max-queue-ms")
+    if settings.bot_ca_file and not os.path.isfile(settings.bot_ca_file):
+        raise ConfigError(f"--bot-ca-file {settings.bot_ca_file} is not a readable file")
+    if settings.log_format not in ("json", "console"):
+        raise ConfigError("--log-format must be json or console")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    if urlsplit(settings.ari_url).scheme not in ("http", "https"):
+        raise ConfigError("--ari-url must start with http:// or https://")
+    if urlsplit(settings.bot_url).scheme not in ("ws", "wss"):
+        raise ConfigError("--bot-url must start with ws:// or wss://")
+    if not settings.ari_password:
+        raise ConfigError("no ARI password: give --ari-password-file or $BRIDGE_ARI_PASSWORD")
+    return settings
+
+
+def _bool(text: str, field: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"${_env_name(field)} must be one of {', '.join(_TRUE + _FALSE)}")
+
+
+def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
+    namespace = build_parser().parse_args(argv)
+    return settings_from(namespace, os.environ if env is None else env)

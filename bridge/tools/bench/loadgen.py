@@ -1,0 +1,478 @@
+"""The far side of the load: a fake Asterisk for N calls, the echo bot, and the RTP generator.
+
+`python -m bridge.tools.bench.loadgen --calls N --bot echo|bursty --seconds S --out run.npz`
+
+The fake Asterisk answers only what a relay's call path needs, in the exact JSON of the
+recordings (rendered through `bridge.tools.sim.templates`, the simulator's own templates): the
+events socket; the caller's StasisStart; answer; POST /bridges; externalMedia with
+UNICASTRTP_LOCAL_ADDRESS/PORT in `channelvars`, then the ExternalMedia channel's own
+StasisStart; addChannel, which starts that call's RTP (a simple_bridge relays only once both
+channels are in it); the DELETEs with their ChannelHangupRequest/StasisEnd/ChannelDestroyed/
+BridgeDestroyed; and at the end the caller hanging up (cause 16, then StasisEnd). It is not
+the simulator: no per-call timers or datagram transports, which could not carry N=500.
+
+The run, printed as JSON lines for the orchestrator:
+  {"ready": ports}  -> the relay is started; {"app_active"} once its events socket is up
+  stdin "go"        -> place N calls at --rate a second; wait until each is bridged and its
+                       bot has seen `start`; warm up; {"mark": "window_start", "t": epoch}
+  after --seconds   -> {"mark": "window_end"}; drain; hang every caller up; wait for the
+                       relay to delete what it created; rtpgen dumps; {"done": summary}
+  stdin closed      -> exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from bridge.tools.bench.echo_bot import BotServer
+from bridge.tools.bench.procs import child_preexec
+from bridge.tools.sim.core import ASTERISK_ID, CHANNELVARS, DIALLED
+from bridge.tools.sim.templates import Templates, dumps, format_timestamp
+
+HOST = "127.0.0.1"
+RTPGEN_PRIORITY = 10  # SCHED_FIFO: see procs.child_preexec
+CALLER_ID = {"name": "Lab Caller", "number": "5551000"}  # the recorded caller's
+NO_ID = {"name": "", "number": ""}
+
+
+@dataclass(slots=True)
+class LgChannel:
+    id: str
+    name: str
+    kind: str  # "caller" or "media"
+    creationtime: str
+    call: int = -1  # index of the call it belongs to (a media channel: once added)
+    socket: int = -1  # rtpgen socket (media channels)
+    external_host: str = ""
+    state: str = "Up"
+    in_stasis: bool = True
+
+
+@dataclass(slots=True)
+class LgCall:
+    index: int
+    caller_id: str
+    placed: float
+    media_id: str = ""
+    bridged: float = 0.0
+    bot_up: float = 0.0
+    hung_up: bool = False
+
+
+class RtpGen:
+    """The rtpgen child process and its control pipe."""
+
+    def __init__(self, sockets: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.tools.bench.rtpgen", "--sockets", str(sockets)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=child_preexec(None, realtime=RTPGEN_PRIORITY),
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        hello = json.loads(self.proc.stdout.readline())
+        self.ports: list[int] = hello["ports"]
+        self.pid: int = hello["pid"]
+
+    def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def dump(self, path: str, timeout: float = 60.0) -> dict[str, Any]:
+        self.command(f"dump {path}")
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.proc.wait(timeout)
+        return dict(json.loads(line)["stats"]) if line else {}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class FakeAsterisk:
+    def __init__(self, app: str, user: str, password: str, rtpgen: RtpGen) -> None:
+        self.app = app
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._templates = Templates.from_recordings()
+        self.rtpgen = rtpgen
+        self._free_sockets = list(range(len(rtpgen.ports)))[::-1]
+        self.channels: dict[str, LgChannel] = {}
+        self.bridges: dict[str, list[str]] = {}
+        self.calls: list[LgCall] = []
+        self.by_caller: dict[str, LgCall] = {}
+        self.app_active = asyncio.Event()
+        self.changed = asyncio.Event()  # any call progressed or was torn down
+        self._queues: list[asyncio.Queue[str]] = []
+        self.requests = 0
+        self.errors = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, HOST, 0, backlog=1024)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ---- calls ----------------------------------------------------------------------------
+
+    def place_call(self) -> None:
+        index = len(self.calls)
+        now = format_timestamp(time.time())
+        caller = LgChannel(f"{int(time.time())}.{index}", f"Local/200@caller-{index:08x};1",
+                           "caller", now)  # fmt: skip
+        self.channels[caller.id] = caller
+        call = LgCall(index, caller.id, time.time())
+        self.calls.append(call)
+        self.by_caller[caller.id] = call
+        self._emit("StasisStart", caller, args=[])
+
+    def hang_up(self, call: LgCall) -> None:
+        """The caller hangs up (cause 16): its audio stops, then HangupRequest, StasisEnd."""
+        call.hung_up = True
+        media = self.channels.get(call.media_id)
+        if media is not None and media.socket >= 0:
+            self.rtpgen.command(f"stop {media.socket}")
+        caller = self.channels.pop(call.caller_id, None)
+        if caller is not None:
+            self._emit("ChannelHangupRequest/far", caller)
+            self._emit("StasisEnd", caller)
+        self.changed.set()
+
+    def bot_started(self, call_id: str, channel_id: str) -> None:
+        call = self.by_caller.get(channel_id)
+        if call is not None and not call.bot_up:
+            call.bot_up = time.time()
+            self.changed.set()
+
+    def leftovers(self) -> int:
+        """What the relay created and did not delete: media channels and bridges."""
+        return sum(ch.kind == "media" for ch in self.channels.values()) + len(self.bridges)
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def _snapshot(self, ch: LgChannel) -> dict[str, Any]:
+        caller = ch.kind == "caller"
+        ident = CALLER_ID if caller else NO_ID
+        if caller:
+            plan: tuple[str, str, int, str, str] = ("pipecat-in", "100", 2, "Stasis", self.app)
+        elif ch.in_stasis:
+            plan = ("default", "s", 1, "Stasis", self.app)
+        else:
+            plan = DIALLED
+        keys = ("context", "exten", "priority", "app_name", "app_data")
+        dialplan = dict(zip(keys, plan, strict=True))
+        return self._templates.channel_snapshot({
+            "id": ch.id, "name": ch.name, "state": ch.state, "caller": ident, "connected": ident,
+            "dialplan": dialplan, "creationtime": ch.creationtime,
+        })  # fmt: skip
+
+    def _emit(self, kind: str, ch: LgChannel | None = None, **values: Any) -> None:
+        if ch is not None:
+            values["channel"] = self._snapshot(ch)
+        stamp = format_timestamp(time.time())
+        raw = self._templates.event(
+            kind, timestamp=stamp, asterisk_id=ASTERISK_ID, application=self.app, **values
+        )
+        for queue in self._queues:
+            queue.put_nowait(raw)
+
+    # ---- HTTP -----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        query = dict(request.query)
+        if request.headers.get("Authorization") != self._auth and query.get("api_key") is None:
+            return self._reply(401, {"message": "Authentication required"})
+        path, method = request.path, request.method
+        parts = path.split("/")[2:]  # after /ari/
+        if path == "/ari/events":
+            return await self._events(request)
+        if method == "POST" and path == "/ari/channels/externalMedia":
+            return self._external_media(query)
+        if method == "POST" and path == "/ari/bridges":
+            return self._create_bridge(query)
+        if method == "POST" and len(parts) == 3 and parts[0] == "channels" and parts[2] == "answer":
+            found = parts[1] in self.channels
+            return self._reply(204) if found else self._reply(404, {"message": "Channel not found"})
+        if method == "POST" and len(parts) == 3 and parts[2] == "addChannel":
+            return self._add_channel(parts[1], query)
+        if method == "DELETE" and len(parts) == 2 and parts[0] == "channels":
+            return self._delete_channel(parts[1])
+        if method == "DELETE" and len(parts) == 2 and parts[0] == "bridges":
+            return self._delete_bridge(parts[1])
+        if method == "GET" and parts == ["channels"]:
+            return self._reply(200, [self._snapshot(ch) for ch in self.channels.values()])
+        if method == "GET" and parts == ["bridges"]:
+            return self._reply(200, [self._bridge(bid) for bid in self.bridges])
+        if method == "GET" and len(parts) == 2 and parts[0] == "channels":
+            ch = self.channels.get(parts[1])
+            return self._reply(200, self._snapshot(ch)) if ch else self._not_found("Channel")
+        if method == "GET" and len(parts) == 2 and parts[0] == "bridges":
+            found = parts[1] in self.bridges
+            return self._reply(200, self._bridge(parts[1])) if found else self._not_found("Bridge")
+        if method == "GET" and len(parts) == 2 and parts[0] == "applications":
+            ids = [ch.id for ch in self.channels.values() if ch.in_stasis]
+            return self._reply(200, {"name": self.app, "channel_ids": ids,
+                                     "bridge_ids": list(self.bridges), "endpoint_ids": [],
+                                     "device_names": [], "events_allowed": [],
+                                     "events_disallowed": []})  # fmt: skip
+        self.errors += 1
+        return self._reply(404, {"message": "Resource not found"})
+
+    def _not_found(self, what: str) -> web.Response:
+        return self._reply(404, {"message": f"{what} not found"})
+
+    def _reply(self, status: int, body: Any = None) -> web.Response:
+        if body is None:
+            return web.Response(status=status)
+        return web.Response(status=status, body=dumps(body).encode(),
+                            content_type="application/json")  # fmt: skip
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queues.append(queue)
+        self.app_active.set()
+
+        async def writer() -> None:
+            while True:
+                await ws.send_str(await queue.get())
+
+        task = asyncio.create_task(writer())
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            self._queues.remove(queue)
+            task.cancel()
+        return ws
+
+    def _external_media(self, q: dict[str, str]) -> web.Response:
+        host = q.get("external_host", "")
+        if not host or ":" not in host or q.get("format") != "ulaw" or not self._free_sockets:
+            self.errors += 1
+            return self._reply(400, {"message": "external_host is required"})
+        socket_index = self._free_sockets.pop()
+        port = self.rtpgen.ports[socket_index]
+        ch = LgChannel(q.get("channelId") or uuid.uuid4().hex,
+                       f"UnicastRTP/{host}-0x7f74{socket_index:08x}", "media",
+                       format_timestamp(time.time()), socket=socket_index, external_host=host,
+                       state="Down", in_stasis=False)  # fmt: skip
+        self.channels[ch.id] = ch
+        body = self._templates.em_channel_body({
+            **self._snapshot(ch),
+            "channelvars": {"UNICASTRTP_LOCAL_PORT": str(port), "UNICASTRTP_LOCAL_ADDRESS": HOST},
+        })  # fmt: skip
+        assert set(body["channelvars"]) == set(CHANNELVARS)
+        asyncio.get_running_loop().call_soon(self._media_enters_stasis, ch)
+        return self._reply(200, body)
+
+    def _media_enters_stasis(self, ch: LgChannel) -> None:
+        if self.channels.get(ch.id) is ch:
+            ch.state, ch.in_stasis = "Up", True
+            self._emit("StasisStart", ch, args=[])
+
+    def _create_bridge(self, q: dict[str, str]) -> web.Response:
+        bridge_id = q.get("bridgeId") or str(uuid.uuid4())
+        if bridge_id in self.bridges:
+            return self._reply(409, {"message": f"Bridge with id '{bridge_id}' already exists"})
+        self.bridges[bridge_id] = []
+        return self._reply(200, self._bridge(bridge_id))
+
+    def _bridge(self, bridge_id: str) -> dict[str, Any]:
+        return self._templates.bridge_snapshot({
+            "id": bridge_id, "technology": "simple_bridge", "bridge_type": "mixing",
+            "name": "", "channels": list(self.bridges.get(bridge_id, [])),
+            "creationtime": format_timestamp(time.time()),
+        })  # fmt: skip
+
+    def _add_channel(self, bridge_id: str, q: dict[str, str]) -> web.Response:
+        members = self.bridges.get(bridge_id)
+        if members is None:
+            return self._reply(404, {"message": "Bridge not found"})
+        ids = [cid for cid in q.get("channel", "").split(",") if cid]
+        chans = [self.channels.get(cid) for cid in ids]
+        if not ids or any(ch is None for ch in chans):
+            self.errors += 1
+            return self._reply(400, {"message": "Channel not found"})
+        if any(ch is not None and not ch.in_stasis for ch in chans):
+            return self._reply(422, {"message": "Channel not in Stasis application"})
+        members.extend(cid for cid in ids if cid not in members)
+        callers = [self.by_caller[c] for c in members if c in self.by_caller]
+        medias = [self.channels[c] for c in members
+                  if c in self.channels and self.channels[c].kind == "media"]  # fmt: skip
+        if callers and medias and not callers[0].bridged:
+            call, media = callers[0], medias[0]
+            call.media_id, media.call, call.bridged = media.id, call.index, time.time()
+            relay_host, _, relay_port = media.external_host.rpartition(":")
+            self.rtpgen.command(f"start {media.socket} {relay_host} {relay_port}")
+            self.changed.set()
+        return self._reply(204)
+
+    def _delete_channel(self, cid: str) -> web.Response:
+        ch = self.channels.pop(cid, None)
+        if ch is None:
+            return self._reply(404, {"message": "Channel not found"})
+        if ch.kind == "media" and ch.socket >= 0:
+            self.rtpgen.command(f"stop {ch.socket}")
+        self._emit("ChannelHangupRequest", ch)
+        for members in self.bridges.values():
+            if cid in members:
+                members.remove(cid)
+        if ch.in_stasis:
+            ch.in_stasis = False
+            self._emit("StasisEnd", ch)
+        if ch.kind == "media":
+            self._emit("ChannelDestroyed", ch)
+        call = self.by_caller.get(cid)
+        if call is not None:
+            call.hung_up = True
+        self.changed.set()
+        return self._reply(204)
+
+    def _delete_bridge(self, bridge_id: str) -> web.Response:
+        if bridge_id not in self.bridges:
+            return self._reply(404, {"message": "Bridge not found"})
+        snapshot = self._bridge(bridge_id)
+        del self.bridges[bridge_id]
+        self._emit("BridgeDestroyed", bridge=snapshot)
+        self.changed.set()
+        return self._reply(204)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+async def wait_until(asterisk: FakeAsterisk, done: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        asterisk.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asterisk.changed.wait(), min(remaining, 0.5))
+    return True
+
+
+async def read_stdin_line() -> str:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, sys.stdin.readline)
+
+
+async def run(args: argparse.Namespace) -> None:
+    rtpgen = RtpGen(args.calls)
+    asterisk = FakeAsterisk("pipecat", "asterisk", args.password, rtpgen)
+    bot = BotServer(args.bot, asterisk.bot_started)
+    try:
+        ari_port = await asterisk.start()
+        bot_port = await bot.start()
+        emit({"ready": {"ari_port": ari_port, "bot_port": bot_port, "rtpgen_pid": rtpgen.pid}})
+        await asterisk.app_active.wait()
+        emit({"app_active": True})
+        if (await read_stdin_line()).strip() != "go":
+            return
+        summary = await drive(args, asterisk)
+        summary["rtpgen"] = await asyncio.get_running_loop().run_in_executor(
+            None, rtpgen.dump, args.out
+        )
+        stats = bot.stats
+        summary["bot"] = {"connections": stats.connections, "media_in": stats.media_in,
+                          "media_out": stats.media_out, "other_in": stats.other_in,
+                          "bad": stats.bad, "closes": stats.closes}  # fmt: skip
+        summary["ari"] = {"requests": asterisk.requests, "errors": asterisk.errors}
+        emit({"done": summary})
+        # Stay up until the orchestrator has stopped the relay (or closed our stdin), so the
+        # relay shuts down against a live Asterisk rather than reconnecting to a dead one.
+        await read_stdin_line()
+    finally:
+        rtpgen.kill()
+        await bot.stop()
+        await asterisk.stop()
+
+
+async def drive(args: argparse.Namespace, asterisk: FakeAsterisk) -> dict[str, Any]:
+    n = args.calls
+    started = time.time()
+    for _ in range(n):
+        asterisk.place_call()
+        await asyncio.sleep(1.0 / args.rate)
+    up = await wait_until(
+        asterisk,
+        lambda: all(c.bridged and c.bot_up for c in asterisk.calls),
+        args.setup_timeout,
+    )
+    calls_up = sum(bool(c.bridged and c.bot_up) for c in asterisk.calls)
+    setup_s = time.time() - started
+    emit({"calls_up": calls_up, "all_up": up, "setup_s": round(setup_s, 2)})
+    await asyncio.sleep(args.warmup)
+    t0 = time.time()
+    emit({"mark": "window_start", "t": t0})
+    await asyncio.sleep(args.seconds)
+    t1 = time.time()
+    emit({"mark": "window_end", "t": t1})
+    await asyncio.sleep(args.drain)
+    for call in asterisk.calls:
+        if not call.hung_up:
+            asterisk.hang_up(call)
+    cleaned = await wait_until(asterisk, lambda: asterisk.leftovers() == 0, args.teardown_timeout)
+    await asyncio.sleep(0.2)  # the last packets already in flight
+    return {"calls": n, "calls_up": calls_up, "setup_s": setup_s, "window": [t0, t1],
+            "cleaned": cleaned, "leftovers": asterisk.leftovers()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge.tools.bench.loadgen")
+    parser.add_argument("--calls", type=int, required=True)
+    parser.add_argument("--bot", choices=("echo", "bursty"), default="echo")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--drain", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=100.0, help="calls placed per second")
+    parser.add_argument("--setup-timeout", type=float, default=60.0)
+    parser.add_argument("--teardown-timeout", type=float, default=30.0)
+    parser.add_argument("--password", default="bench")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print("loadgen: uvloop not installed, using asyncio", file=sys.stderr)
+        else:
+            uvloop.run(run(args))
+            return 0
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from bridge.tools.demo.run import main
+
+sys.exit(main())

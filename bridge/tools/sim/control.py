@@ -1,0 +1,124 @@
+"""What Asterisk does with a channel's Stasis commands that no recording shows: play, continue.
+
+No recorded scenario played a sound or continued a caller in the dialplan, so these rules come
+from Asterisk 23's source, cited per function:
+
+* res/ari/resource_channels.c: `find_control` (404 / 409), `channel_state_invalid` (412 for a
+  Down, Reserved or Ringing channel), `ast_ari_channels_continue_in_dialplan` (where the
+  channel goes), `ari_channels_handle_play` (201 + Location, 400 / 500 answers);
+* res/res_stasis_playback.c: the Playback object, its states and which of them become events
+  (`playback_to_json`: playing -> PlaybackStarted, done/failed -> PlaybackFinished), and
+  `play_on_channel`, which skips the final update (so no PlaybackFinished, ever) for a scheme
+  it does not know, a stored recording that does not exist or a number that does not parse;
+* res/stasis/control.c: one command queue per channel, run in order by the channel's thread, so
+  a `continue` sent during a playback takes effect when the playback ends.
+
+Pure: no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bridge.tools.sim.templates import Reply, error_reply
+
+# Outbound-only states in which Asterisk refuses to play or move a channel (channel_state_invalid).
+INVALID_STATES = frozenset({"Down", "Reserved", "Ringing"})
+# play_on_channel's URI schemes; anything else: "scheme is unsupported", no final update.
+PLAYBACK_SCHEMES = frozenset({"sound", "recording", "number", "digits", "characters", "tone"})
+
+Target = tuple[str, str, int]  # (context, extension, priority) a continued channel goes to
+
+
+@dataclass(eq=False, slots=True)
+class SimPlayback:
+    """One `POST /channels/{id}/play`: the Playback object and its state."""
+
+    id: str
+    media: str  # the media URI, e.g. "sound:tt-monkeys"
+    target: str  # "channel:<id>"
+    language: str
+    state: str = "queued"  # queued -> playing -> done | failed
+
+    def values(self) -> dict[str, str]:
+        return {"id": self.id, "media_uri": self.media, "target_uri": self.target,
+                "language": self.language, "state": self.state}  # fmt: skip
+
+
+def c_atol(text: str | None) -> int:
+    """C `atol`/`sscanf("%d")` as the generated ARI argument parsers apply it: leading
+    whitespace, an optional sign and digits; anything else counts as 0."""
+    found = re.match(r"\s*([+-]?\d+)", text or "")
+    return int(found.group(1)) if found else 0
+
+
+def state_invalid(state: str) -> Reply | None:
+    """resource_channels.c channel_state_invalid(): 412 for a channel not yet up outbound."""
+    if state in INVALID_STATES:
+        return error_reply(412, "Channel in invalid state")
+    return None
+
+
+def continue_target(dialplan: tuple[str, str, int], q: Mapping[str, str]) -> Target | Reply:
+    """Where `POST /channels/{id}/continue` sends the channel, or Asterisk's error answer.
+
+    ast_ari_channels_continue_in_dialplan(): no context keeps the channel's context (and its
+    extension unless one is given); a context without extension means `s`; a label that is a
+    number is a priority, any other label must exist in the dialplan (the simulator has none,
+    so 404); priority 0 from a label is 400; no priority at all means priority 1, except with
+    neither context nor extension, which moves on to the next priority.
+    """
+    context, exten, priority = dialplan
+    if q.get("context"):
+        context, exten = q["context"], q.get("extension") or "s"
+    else:
+        exten = q.get("extension") or exten
+    label = q.get("label", "")
+    if label:
+        if not re.match(r"\s*[+-]?\d", label):
+            return error_reply(404, "Requested label can not be found")
+        target = c_atol(label)
+        if target == 0:
+            return error_reply(400, "Requested priority is illegal")
+    elif c_atol(q.get("priority")):
+        target = c_atol(q.get("priority"))
+    elif not q.get("context") and not q.get("extension"):
+        target = priority + 1
+    else:
+        target = 1
+    return context, exten, target
+
+
+def play_request_error(q: Mapping[str, str]) -> Reply | None:
+    """ari_channels_handle_play()'s argument checks, after find_control and the state check."""
+    if c_atol(q.get("skipms")) < 0:
+        return error_reply(400, "skipms cannot be negative")
+    if c_atol(q.get("offsetms")) < 0:
+        return error_reply(400, "offsetms cannot be negative")
+    if not q.get("media"):
+        # No media: stasis_app_control_play_uri() returns NULL (media_count == 0).
+        return error_reply(500, "Failed to queue media for playback")
+    return None
+
+
+def playback_outcome(
+    media: str, sounds: Mapping[str, float | None], default_seconds: float | None
+) -> tuple[str, float] | None:
+    """How a playback of `media` ends: ("done", seconds) or ("failed", 0), after PlaybackStarted.
+
+    None: it never ends for the app (play_on_channel skips the final update: unknown scheme,
+    missing stored recording, a number that does not parse), so no PlaybackFinished comes.
+    `sounds` maps a media URI to its length, None for a file that does not exist (then
+    ast_control_streamfile fails: "failed"); unlisted media last `default_seconds`.
+    """
+    scheme, _, name = media.partition(":")
+    if scheme not in PLAYBACK_SCHEMES:
+        return None
+    if scheme == "number" and not re.match(r"\s*[+-]?\d", name):
+        return None
+    seconds = sounds.get(media, default_seconds)
+    if seconds is None:
+        return None if scheme == "recording" else ("failed", 0.0)
+    return "done", seconds

@@ -1,0 +1,414 @@
+"""What SimulatedAsterisk is: channel and bridge state, its transitions, and the events emitted.
+
+`AsteriskCore` holds the channels, bridges and calls. Each change of that state emits the
+recorded events in the recorded per-channel order, rendered from the recorded templates. The ARI
+resources that make the changes are in `bridge.tools.sim.resources`; this module knows nothing of
+HTTP: `bridge.tools.sim.asterisk.SimulatedAsterisk` says, through `_event_queues()`, which events
+sockets are connected for the app. With none, the app is not active and an event is dropped,
+never replayed later (facts §16).
+
+Besides the recordings: a channel's playbacks and its `continue` run one after the other, as
+Asterisk's per-channel Stasis command queue runs them (`bridge.tools.sim.control`); a restart
+forgets everything at once, without an event (facts §16: nothing is replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.tools.sim.control import SimPlayback, Target, playback_outcome
+from bridge.tools.sim.media import EmMedia, SimCall
+from bridge.tools.sim.recording import TimedDtmf
+from bridge.tools.sim.templates import EchoStream, Templates, format_timestamp
+
+ASTERISK_ID = "02:fc:00:00:00:01"
+# A UnicastRTP channel's dialplan while it is being dialled and after it left Stasis.
+DIALLED = ("default", "s", 1, "AppDial2", "(Outgoing Line)")
+CHANNELVARS = ("UNICASTRTP_LOCAL_PORT", "UNICASTRTP_LOCAL_ADDRESS")  # recorded order
+
+
+@dataclass(eq=False, slots=True)
+class SimChannel:
+    id: str
+    name: str
+    kind: str  # "caller" (dialplan -> Stasis), "local" (its ;2 half), "media" (UnicastRTP)
+    state: str
+    caller: tuple[str, str]  # (name, number)
+    connected: tuple[str, str]
+    dialplan: tuple[str, str, int, str, str]  # context, exten, priority, app_name, app_data
+    creationtime: str
+    in_stasis: bool = False
+    bridge_id: str | None = None
+    has_peer: bool = False  # BRIDGEPEER was set, so leaving the bridge clears it with an event
+    variables: dict[str, str] = field(default_factory=dict)
+    dialstring: str = ""
+    media: EmMedia | None = None
+    call: SimCall | None = None
+    pending_start: asyncio.TimerHandle | None = None  # UnicastRTP StasisStart not sent yet
+    playback: SimPlayback | None = None  # playing now
+    playback_end: asyncio.TimerHandle | None = None
+    queued: deque[Callable[[], None]] = field(default_factory=deque)  # Stasis commands waiting
+
+    def cancel_timers(self) -> None:
+        for handle in (self.pending_start, self.playback_end):
+            if handle is not None:
+                handle.cancel()
+        self.pending_start = self.playback_end = None
+
+
+@dataclass(eq=False, slots=True)
+class SimBridge:
+    id: str
+    name: str
+    bridge_type: str
+    creationtime: str
+    channels: list[str] = field(default_factory=list)
+
+    @property
+    def technology(self) -> str:
+        # Smart bridging: two members are passed through, a third one needs mixing (facts §4).
+        if self.bridge_type == "holding":
+            return "holding_bridge"
+        return "simple_bridge" if len(self.channels) <= 2 else "softmix"
+
+
+@dataclass(frozen=True, slots=True)
+class SimLeftovers:
+    """What is still in Asterisk that an app should have cleaned up (see `leftovers()`)."""
+
+    channels: tuple[str, ...]  # ExternalMedia channels, and callers still in the app
+    bridges: tuple[str, ...]
+    udp_sockets: tuple[tuple[str, int], ...]  # open RTP sockets (one per ExternalMedia channel)
+
+    def __bool__(self) -> bool:
+        return bool(self.channels or self.bridges or self.udp_sockets)
+
+
+class AsteriskCore(ABC):
+    """Channels, bridges and calls; the transitions that change them; the events emitted.
+
+    `counts` tallies what happened, for tests to assert on: "callers" / "callers_gone",
+    "media_channels" / "media_channels_gone", "bridges" / "bridges_gone", "playbacks",
+    "restarts". With `history=False` nothing grows with the number of calls (no request or
+    event log, no per-packet lists, ended calls dropped from `calls`): for soak runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        app: str,
+        em_stasis_delay: float,
+        rtp_ports: tuple[int, int],
+        seed: int | None,
+        fixtures_dir: Path,
+        history: bool = True,
+    ) -> None:
+        self.app = app
+        self._em_stasis_delay = em_stasis_delay
+        self._rtp_ports = rtp_ports
+        self._rng = random.Random(seed)
+        self._templates = Templates.from_recordings(fixtures_dir)
+        self._history = history
+        self.events_sent: list[str] = []
+        self.event_times: list[float] = []  # loop.time() of each entry of events_sent
+        self.channels: dict[str, SimChannel] = {}
+        self.bridges: dict[str, SimBridge] = {}
+        self.calls: list[SimCall] = []
+        self.counts: Counter[str] = Counter()
+        # Media URI -> seconds it plays, None: no such file. Others last default_sound_seconds.
+        self.sounds: dict[str, float | None] = {}
+        self.default_sound_seconds: float | None = 0.2
+        self._medias: list[EmMedia] = []
+        self._app_registered = False  # Asterisk keeps the app listed after its socket went away
+        self._muted = False  # setting up what happened before anybody listened
+        self._next_unique = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @abstractmethod
+    def _event_queues(self) -> list[asyncio.Queue[str]]:
+        """The queues of the events sockets connected for the app, in connection order."""
+
+    @property
+    def app_active(self) -> bool:
+        return bool(self._event_queues())
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def _on_bridged(self, call: SimCall, em: SimChannel, bridge: SimBridge) -> None:
+        loop = self._running_loop()
+        call.em_channel_id, call.bridge_id, call.media = em.id, bridge.id, em.media
+        if call.echo and em.media is not None:
+            ssrc, seq = self._rng.getrandbits(32), self._rng.getrandbits(16)
+            em.media.echo = EchoStream(ssrc=ssrc, seq=seq)
+        call.start(loop.time(), self._play)
+
+    def _play(self, call: SimCall, kind: str, payload: Any) -> None:
+        """One timed step of the far end (called by the call's deadline timer)."""
+        caller = self.channels.get(call.caller_id)
+        if caller is None:
+            return
+        if kind == "rtp":
+            em = self.channels.get(call.em_channel_id or "")
+            if em is not None and em.media is not None and caller.bridge_id == em.bridge_id:
+                em.media.send(payload)  # simple_bridge relays only while both are members
+        elif kind == "dtmf" and isinstance(payload, TimedDtmf):
+            self._emit("ChannelDtmfReceived", caller, digit=payload.digit,
+                       duration_ms=payload.duration_ms)  # fmt: skip
+            call.dtmf_sent.append(payload.digit)
+        elif kind == "hangup":
+            self._hangup(caller, "far")
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _emit(self, kind: str, ch: SimChannel | None = None, *, key: str = "channel",
+              **values: Any) -> None:  # fmt: skip
+        queues = self._event_queues()
+        if not queues or self._muted:
+            return  # app inactive: Asterisk drops the event and never replays it (facts §16)
+        if ch is not None:
+            values[key] = self._snapshot(ch)
+        raw = self._templates.event(
+            kind, timestamp=format_timestamp(time.time()), asterisk_id=ASTERISK_ID,
+            application=self.app, **values,
+        )  # fmt: skip
+        if self._history:
+            self.events_sent.append(raw)
+            self.event_times.append(self._running_loop().time())
+        for queue in queues:
+            queue.put_nowait(raw)
+
+    def _snapshot_values(self, ch: SimChannel) -> dict[str, Any]:
+        context, exten, priority, app_name, app_data = ch.dialplan
+        return {
+            "id": ch.id, "name": ch.name, "state": ch.state,
+            "caller": {"name": ch.caller[0], "number": ch.caller[1]},
+            "connected": {"name": ch.connected[0], "number": ch.connected[1]},
+            "dialplan": {"context": context, "exten": exten, "priority": priority,
+                         "app_name": app_name, "app_data": app_data},
+            "creationtime": ch.creationtime,
+        }  # fmt: skip
+
+    def _snapshot(self, ch: SimChannel) -> dict[str, Any]:
+        return self._templates.channel_snapshot(self._snapshot_values(ch))
+
+    def _bridge_snapshot(self, bridge: SimBridge) -> dict[str, Any]:
+        return self._templates.bridge_snapshot({
+            "id": bridge.id, "technology": bridge.technology, "bridge_type": bridge.bridge_type,
+            "name": bridge.name, "channels": list(bridge.channels),
+            "creationtime": bridge.creationtime,
+        })  # fmt: skip
+
+    # -- state transitions -----------------------------------------------------------------
+
+    def _media_enters_stasis(self, ch: SimChannel) -> None:
+        """The UnicastRTP channel is dialled, answers and enters the app (recorded order)."""
+        ch.pending_start = None
+        if ch.in_stasis or self.channels.get(ch.id) is not ch:
+            return
+        if not self.app_active:  # Stasis() fails for it: gone without an event (facts §16)
+            self._remove(ch, "app")
+            return
+        self._emit("Dial", ch, key="peer", dialstatus="", dialstring=ch.dialstring)
+        ch.state = "Up"
+        self._emit("ChannelStateChange", ch)
+        self._emit("Dial", ch, key="peer", dialstatus="ANSWER", dialstring=ch.dialstring)
+        ch.dialplan = ("default", "s", 1, "Stasis", self.app)
+        ch.variables["STASISSTATUS"] = ""
+        self._emit("ChannelVarset", ch, variable="STASISSTATUS", value="")
+        ch.in_stasis = True
+        self._emit("StasisStart", ch, args=[])
+
+    def _enter_bridge(self, ch: SimChannel, bridge: SimBridge) -> None:
+        if ch.bridge_id == bridge.id:
+            return
+        self._leave_bridge(ch)  # addChannel moves a channel out of its old bridge (errors)
+        bridge.channels.append(ch.id)
+        ch.bridge_id = bridge.id
+        self._emit("ChannelEnteredBridge", ch, bridge=self._bridge_snapshot(bridge))
+        if len(bridge.channels) != 2:
+            return
+        first = self.channels[bridge.channels[0]]
+        for who, peer in ((first, ch), (ch, first)):
+            who.has_peer, who.variables["BRIDGEPEER"] = True, peer.name
+            self._emit("ChannelVarset", who, variable="BRIDGEPEER", value=peer.name)
+        ch.connected, first.connected = first.caller, ch.caller
+        self._emit("ChannelConnectedLine", ch)  # the newcomer first: 4 of 5 recordings
+        self._emit("ChannelConnectedLine", first)
+
+    def _leave_bridge(self, ch: SimChannel) -> None:
+        bridge = self.bridges.get(ch.bridge_id or "")
+        ch.bridge_id = None
+        if bridge is None:
+            return
+        bridge.channels.remove(ch.id)
+        if ch.has_peer:
+            ch.has_peer, ch.variables["BRIDGEPEER"] = False, ""
+            self._emit("ChannelVarset", ch, variable="BRIDGEPEER", value="")
+        self._emit("ChannelLeftBridge", ch, bridge=self._bridge_snapshot(bridge))
+        for member in (ch, *(self.channels[m] for m in bridge.channels)):
+            if member.media is not None:
+                member.media.echo = None  # the far end no longer hears the bridge
+
+    def _hangup(self, ch: SimChannel, how: str) -> None:
+        """`how`: "delete" (our DELETE), "far" (the far end hung up), "continue" (left Stasis)."""
+        if self.channels.get(ch.id) is not ch:
+            return
+        if ch.kind == "media" and not ch.in_stasis:
+            # Asterisk finishes bringing the channel into Stasis first (errors: DELETE right
+            # after the externalMedia answer still got Dial ... StasisStart, then the hang-up).
+            if ch.pending_start is not None:
+                ch.pending_start.cancel()
+            self._media_enters_stasis(ch)
+            if self.channels.get(ch.id) is not ch:
+                return  # it never made it into the app
+        if how == "delete":
+            self._emit("ChannelHangupRequest", ch)
+        elif how == "far":
+            self._emit("ChannelHangupRequest/far", ch)
+        ch.queued.clear()  # Stasis commands still waiting die with the channel's Stasis
+        if ch.playback is not None:
+            # The stream stops with an error on a hung-up channel: play_on_channel's final
+            # update makes that "failed" (res != 0 with the channel hung up), before StasisEnd.
+            self._finish_playback(ch, ch.playback, "failed")
+        self._leave_bridge(ch)
+        if ch.in_stasis:
+            ch.in_stasis = False
+            self._emit("StasisEnd", ch)
+            if ch.kind == "media":
+                self._emit("ChannelVarset", ch, variable="STASISSTATUS", value="SUCCESS")
+        if ch.kind == "media":
+            # Only the channel the app originated stays subscribed after StasisEnd (§14).
+            ch.dialplan = DIALLED
+            self._emit("ChannelDestroyed", ch)
+        self._remove(ch, "caller" if how == "far" else "app")
+
+    def _remove(self, ch: SimChannel, by: str) -> None:
+        del self.channels[ch.id]
+        ch.cancel_timers()
+        if ch.media is not None:
+            ch.media.close()
+            self._medias.remove(ch.media)
+        self.counts["media_channels_gone" if ch.kind == "media" else "callers_gone"] += 1
+        call = ch.call
+        if ch.kind != "media" and call is not None:
+            halves = [c for c in self.channels.values() if c.call is call and c.kind != "media"]
+            for other in halves:  # the two halves of a Local channel go together
+                del self.channels[other.id]
+            call.finish(by)
+            if not self._history:
+                self.calls.remove(call)
+
+    def _continue_in_dialplan(self, ch: SimChannel, target: Target) -> None:
+        """The channel leaves Stasis for `target` in the dialplan.
+
+        What it does there is not simulated: for the app it is gone after its StasisEnd (a
+        caller from the dialplan gets no ChannelDestroyed, §14). Its snapshot keeps the Stasis
+        dialplan: ast_explicit_goto() publishes no new snapshot before StasisEnd is sent.
+        """
+        if self.channels.get(ch.id) is not ch or not ch.in_stasis:
+            return
+        if ch.call is not None and ch.kind == "caller":
+            ch.call.continued_to = target
+        self._hangup(ch, "continue")
+
+    # -- the per-channel Stasis command queue: playbacks, continue ----------------------
+
+    def _when_idle(self, ch: SimChannel, command: Callable[[], None]) -> None:
+        """Run `command` once the channel's earlier Stasis commands (playbacks) are done."""
+        if ch.playback is None and not ch.queued:
+            command()
+        else:
+            ch.queued.append(command)
+
+    def _run_queued(self, ch: SimChannel) -> None:
+        while ch.playback is None and ch.queued and self.channels.get(ch.id) is ch:
+            ch.queued.popleft()()
+
+    def _start_playback(self, ch: SimChannel, playback: SimPlayback) -> None:
+        if self.channels.get(ch.id) is not ch or not ch.in_stasis:
+            return  # the queue died with the channel: the playback never started
+        self.counts["playbacks"] += 1
+        playback.state = "playing"
+        self._emit("PlaybackStarted", playback=playback.values())
+        outcome = playback_outcome(playback.media, self.sounds, self.default_sound_seconds)
+        if outcome is None:
+            return  # no final update in play_on_channel: no PlaybackFinished (control.py)
+        state, seconds = outcome
+        ch.playback = playback
+        if state == "failed":
+            self._finish_playback(ch, playback, state)
+        else:
+            ch.playback_end = self._running_loop().call_later(
+                seconds, self._finish_playback, ch, playback, state
+            )
+
+    def _finish_playback(self, ch: SimChannel, playback: SimPlayback, state: str) -> None:
+        if ch.playback_end is not None:
+            ch.playback_end.cancel()
+            ch.playback_end = None
+        if ch.playback is playback:
+            ch.playback = None
+        playback.state = state
+        self._emit("PlaybackFinished", playback=playback.values())
+        self._run_queued(ch)
+
+    # -- the whole state ---------------------------------------------------------------
+
+    def open_udp_sockets(self) -> list[tuple[str, int]]:
+        return [media.local for media in self._medias if media.is_open]
+
+    def leftovers(self) -> SimLeftovers:
+        """Whatever an app should have cleaned up and is still there.
+
+        Every ExternalMedia channel, every caller still in the app (a caller the app neither
+        hung up nor continued sits in Stasis in silence: facts §15), every bridge, every open
+        RTP socket. An app that cleaned up after its calls leaves this empty (falsy).
+        """
+        channels = [ch.id for ch in self.channels.values() if ch.kind == "media" or ch.in_stasis]
+        return SimLeftovers(tuple(channels), tuple(self.bridges), tuple(self.open_udp_sockets()))
+
+    def _cancel_timers(self) -> None:
+        for call in self.calls:
+            call.cancel_timer()
+        for ch in self.channels.values():
+            ch.cancel_timers()
+
+    def _forget_all(self) -> None:
+        """The Asterisk process is gone: every channel, bridge and RTP socket with it.
+
+        No event: nobody is connected to see one, and nothing is replayed after (§16). The
+        calls' far ends are gone too (`hung_up_by == "restart"`). Channel ids keep counting:
+        a restarted Asterisk's uniqueids start from a later epoch second, never reusing one.
+        """
+        self._cancel_timers()
+        for call in self.calls:
+            call.finish("restart")
+        for media in self._medias:
+            media.close()
+        self.channels.clear()
+        self.bridges.clear()
+        self._medias.clear()
+        if not self._history:
+            self.calls.clear()
+        self._app_registered = False  # a new process knows no app until one connects
+        self.counts["restarts"] += 1
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        """Asterisk's uniqueid: `<epoch seconds at creation>.<running counter>`."""
+        self._next_unique += 1
+        return f"{int(time.time())}.{self._next_unique - 1}"
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("SimulatedAsterisk is not started")
+        return self._loop

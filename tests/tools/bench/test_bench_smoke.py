@@ -1,0 +1,47 @@
+"""The bench harness end to end at N=3 for 2 s, both relays: every number it prints exists
+and is plausible. Not a performance assertion (that is `make bench`); ~11 s, so it stays in
+the default suite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def assert_sane(run: dict[str, Any]) -> None:
+    name = run["relay"]
+    assert run["calls_up"] == 3, (name, run["warnings"])
+    assert run["sent"] >= 3 * 50, name  # 2 s of 20 ms packets on each of 3 calls, give or take
+    assert run["lost"] == 0, name
+    assert 0 < run["cpu_per_call_s"] < 0.5, name
+    assert 0 < run["rtt_p50_ms"] <= run["rtt_p99_ms"] < 1000, name
+    assert 0 <= run["gap_p50_ms"] <= run["gap_p99_ms"] <= run["gap_max_ms"] < 1000, name
+    assert run["gaps_over_30ms"] >= 0, name
+    assert 0 <= run["rss_per_call_kib"] < 64 * 1024, name
+    assert run["extra"]["summary"]["leftovers"] == 0, name
+    assert run["extra"]["rtpgen"]["ticks"] > 0, name
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.tools.bench", "--calls", "3", "--seconds", "2",
+         "--warmup", "0.5", "--bots", "echo", "--relays", "bridge,naive", "--no-search",
+         "--out-dir", str(tmp_path / "records"), "--json", str(out)],
+        capture_output=True, text=True, timeout=80, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())
+    assert [r["relay"] for r in runs] == ["bridge", "naive"]
+    for run in runs:
+        assert_sane(run)
+    # The bridge paces: its median gap is the 20 ms clock, whatever the bot does.
+    assert 18.0 <= runs[0]["gap_p50_ms"] <= 22.0
+    assert "CPU s per call-second" in proc.stdout and "Targets" in proc.stdout
