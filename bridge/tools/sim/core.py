@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.tools.sim import links
 from bridge.tools.sim.control import SimPlayback, Target, playback_outcome
 from bridge.tools.sim.media import EmMedia, SimCall
 from bridge.tools.sim.recording import TimedDtmf
@@ -39,7 +40,7 @@ CHANNELVARS = ("UNICASTRTP_LOCAL_PORT", "UNICASTRTP_LOCAL_ADDRESS")  # recorded 
 class SimChannel:
     id: str
     name: str
-    kind: str  # "caller" (dialplan -> Stasis), "local" (its ;2 half), "media" (UnicastRTP)
+    kind: str  # "caller" (dialplan -> Stasis), "local" (its ;2 half), "media" (ExternalMedia)
     state: str
     caller: tuple[str, str]  # (name, number)
     connected: tuple[str, str]
@@ -50,7 +51,11 @@ class SimChannel:
     has_peer: bool = False  # BRIDGEPEER was set, so leaving the bridge clears it with an event
     variables: dict[str, str] = field(default_factory=dict)
     dialstring: str = ""
-    media: EmMedia | None = None
+    media: EmMedia | None = None  # UnicastRTP only
+    link: links.MediaLink | None = None  # AudioSocket / WebSocket, once connected
+    transport: str = "rtp"  # "rtp" (UnicastRTP), "audiosocket", "websocket"
+    fmt: str = "ulaw"
+    args: list[str] = field(default_factory=list)  # its StasisStart args (externalMedia `data`)
     call: SimCall | None = None
     pending_start: asyncio.TimerHandle | None = None  # UnicastRTP StasisStart not sent yet
     playback: SimPlayback | None = None  # playing now
@@ -87,9 +92,14 @@ class SimLeftovers:
     channels: tuple[str, ...]  # ExternalMedia channels, and callers still in the app
     bridges: tuple[str, ...]
     udp_sockets: tuple[tuple[str, int], ...]  # open RTP sockets (one per ExternalMedia channel)
+    # Open AudioSocket TCP connections and media WebSockets (ARI channels and dialplan calls),
+    # and dialplan calls not yet ended, by label (channel name).
+    media_connections: tuple[str, ...] = ()
+    dialplan_calls: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.channels or self.bridges or self.udp_sockets)
+        return bool(self.channels or self.bridges or self.udp_sockets or self.media_connections
+                    or self.dialplan_calls)  # fmt: skip
 
 
 class AsteriskCore(ABC):
@@ -127,6 +137,7 @@ class AsteriskCore(ABC):
         self.sounds: dict[str, float | None] = {}
         self.default_sound_seconds: float | None = 0.2
         self._medias: list[EmMedia] = []
+        self._links: list[links.MediaLink] = []  # every AudioSocket / media WebSocket opened
         self._app_registered = False  # Asterisk keeps the app listed after its socket went away
         self._muted = False  # setting up what happened before anybody listened
         self._next_unique = 0
@@ -148,6 +159,8 @@ class AsteriskCore(ABC):
         if call.echo and em.media is not None:
             ssrc, seq = self._rng.getrandbits(32), self._rng.getrandbits(16)
             em.media.echo = EchoStream(ssrc=ssrc, seq=seq)
+        if em.link is not None:
+            links.set_echo(em.link, em.fmt, call.echo)
         call.start(loop.time(), self._play)
 
     def _play(self, call: SimCall, kind: str, payload: Any) -> None:
@@ -155,14 +168,19 @@ class AsteriskCore(ABC):
         caller = self.channels.get(call.caller_id)
         if caller is None:
             return
-        if kind == "rtp":
-            em = self.channels.get(call.em_channel_id or "")
-            if em is not None and em.media is not None and caller.bridge_id == em.bridge_id:
+        em = self.channels.get(call.em_channel_id or "")
+        relayed = em is not None and caller.bridge_id == em.bridge_id  # both still members
+        if kind == "rtp" and em is not None and relayed:
+            if em.media is not None:
                 em.media.send(payload)  # simple_bridge relays only while both are members
+            elif em.link is not None:
+                links.play(em.link, em.fmt, payload)
         elif kind == "dtmf" and isinstance(payload, TimedDtmf):
             self._emit("ChannelDtmfReceived", caller, digit=payload.digit,
                        duration_ms=payload.duration_ms)  # fmt: skip
             call.dtmf_sent.append(payload.digit)
+            if em is not None and relayed and em.link is not None:
+                links.dtmf(em.link, payload.digit)  # the bridge passes DTMF frames to the peer
         elif kind == "hangup":
             self._hangup(caller, "far")
 
@@ -213,18 +231,27 @@ class AsteriskCore(ABC):
         ch.pending_start = None
         if ch.in_stasis or self.channels.get(ch.id) is not ch:
             return
+        self._media_dialled(ch)
+        self._media_answered(ch)
+
+    def _media_dialled(self, ch: SimChannel) -> None:
+        self._emit("Dial", ch, key="peer", dialstatus="", dialstring=ch.dialstring)
+
+    def _media_answered(self, ch: SimChannel) -> None:
+        """The dialled ExternalMedia channel answers and enters Stasis (recorded order)."""
+        if ch.in_stasis or self.channels.get(ch.id) is not ch:
+            return
         if not self.app_active:  # Stasis() fails for it: gone without an event (facts §16)
             self._remove(ch, "app")
             return
-        self._emit("Dial", ch, key="peer", dialstatus="", dialstring=ch.dialstring)
         ch.state = "Up"
         self._emit("ChannelStateChange", ch)
         self._emit("Dial", ch, key="peer", dialstatus="ANSWER", dialstring=ch.dialstring)
-        ch.dialplan = ("default", "s", 1, "Stasis", self.app)
+        ch.dialplan = ("default", "s", 1, "Stasis", ",".join([self.app, *ch.args]))
         ch.variables["STASISSTATUS"] = ""
         self._emit("ChannelVarset", ch, variable="STASISSTATUS", value="")
         ch.in_stasis = True
-        self._emit("StasisStart", ch, args=[])
+        self._emit("StasisStart", ch, args=list(ch.args))
 
     def _enter_bridge(self, ch: SimChannel, bridge: SimBridge) -> None:
         if ch.bridge_id == bridge.id:
@@ -256,10 +283,16 @@ class AsteriskCore(ABC):
         for member in (ch, *(self.channels[m] for m in bridge.channels)):
             if member.media is not None:
                 member.media.echo = None  # the far end no longer hears the bridge
+            if member.link is not None:
+                links.set_echo(member.link, member.fmt, False)
 
     def _hangup(self, ch: SimChannel, how: str) -> None:
-        """`how`: "delete" (our DELETE), "far" (the far end hung up), "continue" (left Stasis)."""
+        """`how`: "delete" (our DELETE), "far" (the far end hung up), "continue" (left Stasis),
+        "link" (an AudioSocket / WebSocket media channel whose connection ended it)."""
         if self.channels.get(ch.id) is not ch:
+            return
+        if ch.transport == "websocket" and ch.state == "Down":
+            self._cancel_dial(ch, how)
             return
         if ch.kind == "media" and not ch.in_stasis:
             # Asterisk finishes bringing the channel into Stasis first (errors: DELETE right
@@ -271,7 +304,10 @@ class AsteriskCore(ABC):
                 return  # it never made it into the app
         if how == "delete":
             self._emit("ChannelHangupRequest", ch)
-        elif how == "far":
+        elif how == "far" or (how == "link" and ch.transport == "websocket"):
+            # chan_websocket queues the hang-up with cause 16 (the real event also carries
+            # tech_cause, which the recorded template has no key for). AudioSocket's read just
+            # returns NULL: the channel goes without a ChannelHangupRequest.
             self._emit("ChannelHangupRequest/far", ch)
         ch.queued.clear()  # Stasis commands still waiting die with the channel's Stasis
         if ch.playback is not None:
@@ -290,9 +326,23 @@ class AsteriskCore(ABC):
             self._emit("ChannelDestroyed", ch)
         self._remove(ch, "caller" if how == "far" else "app")
 
+    def _cancel_dial(self, ch: SimChannel, how: str) -> None:
+        """A WebSocket channel hung up while still being dialled (no socket yet).
+
+        Not recorded: the dial is cancelled (app_dial's CANCEL) and the originated channel is
+        destroyed; it never entered Stasis, so no StasisEnd.
+        """
+        if how == "delete":
+            self._emit("ChannelHangupRequest", ch)
+        self._emit("Dial", ch, key="peer", dialstatus="CANCEL", dialstring=ch.dialstring)
+        self._emit("ChannelDestroyed", ch)
+        self._remove(ch, "app")
+
     def _remove(self, ch: SimChannel, by: str) -> None:
         del self.channels[ch.id]
         ch.cancel_timers()
+        if ch.link is not None:
+            ch.link.close()  # Asterisk hangs up: the TCP socket closes / WebSocket 1000
         if ch.media is not None:
             ch.media.close()
             self._medias.remove(ch.media)
@@ -373,7 +423,15 @@ class AsteriskCore(ABC):
         RTP socket. An app that cleaned up after its calls leaves this empty (falsy).
         """
         channels = [ch.id for ch in self.channels.values() if ch.kind == "media" or ch.in_stasis]
-        return SimLeftovers(tuple(channels), tuple(self.bridges), tuple(self.open_udp_sockets()))
+        return SimLeftovers(tuple(channels), tuple(self.bridges), tuple(self.open_udp_sockets()),
+                            tuple(self.open_media_connections()), tuple(self._dialplan_open()))
+
+    def open_media_connections(self) -> list[str]:
+        """Labels of the AudioSocket / media WebSocket connections still open."""
+        return [link.label for link in self._links if not link.closed.done()]
+
+    def _dialplan_open(self) -> list[str]:
+        return []  # dialplan calls (bridge.tools.sim.dialplan) report theirs
 
     def _cancel_timers(self) -> None:
         for call in self.calls:
@@ -393,6 +451,8 @@ class AsteriskCore(ABC):
             call.finish("restart")
         for media in self._medias:
             media.close()
+        for link in self._links:
+            link.abort()
         self.channels.clear()
         self.bridges.clear()
         self._medias.clear()

@@ -28,7 +28,7 @@ import json
 import random
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,44 +202,51 @@ def error_reply(status: int, message: str, reason: str | None = None) -> Reply:
     return Reply(status, {"message": message}, reason)
 
 
-def validate_external_media(q: Mapping[str, str]) -> Reply | None:
-    """The externalMedia checks with the recorded answers (errors); None: acceptable.
+def validate_external_media(
+    q: Mapping[str, str], websocket_clients: Collection[str] = ()
+) -> Reply | None:
+    """The externalMedia checks, in ast_ari_channels_external_media()'s order; None: fine.
 
-    The order of the checks is an assumption where a request breaks several rules at once.
+    Answers as recorded (errors) or, where no recording has them, as resource_channels.c
+    words them. `websocket_clients` are the websocket_client.conf entries (client mode).
+    An unknown format is the recorded 500 (the channel cannot be allocated); an AudioSocket
+    `data` that is not a UUID, or a refused connection, fails the same way later.
     """
     transport, encapsulation = q.get("transport") or "udp", q.get("encapsulation") or "rtp"
+    connection_type = q.get("connection_type") or "client"
     host = q.get("external_host", "")
+    websocket, server = transport == "websocket", connection_type == "server"
     checks: list[tuple[bool, int, str]] = [
         (not q.get("app"), 400, "app cannot be empty"),
-        (not host, 400, "external_host is required for all but websocket server connections"),
-        (
-            not re.fullmatch(r"[^:]+:\d{1,5}", host),
-            400,
-            "external_host must be <host>:<port> for all transports other than websocket",
-        ),
+        (websocket and encapsulation != "none", 400,
+         "encapsulation must be 'none' for websocket transport"),
+        (encapsulation == "rtp" and transport != "udp", 400,
+         "transport must be 'udp' for rtp encapsulation"),
+        (encapsulation == "audiosocket" and transport != "tcp", 400,
+         "transport must be 'tcp' for audiosocket encapsulation"),
+        (server and not websocket, 400,
+         "'server' connection_type can only be used with the websocket transport"),
+        (not host and not server, 400,
+         "external_host is required for all but websocket server connections"),
+        (websocket and not server and host not in websocket_clients, 400,
+         "external_host must be a valid websocket_client connection id."),
+        (not websocket and not re.fullmatch(r"[^:]+:\d{1,5}", host), 400,
+         "external_host must be <host>:<port> for all transports other than websocket"),
         (not q.get("format"), 400, "format cannot be empty"),
-        (
-            q.get("connection_type") == "server" and transport != "websocket",
-            400,
-            "'server' connection_type can only be used with the websocket transport",
-        ),
-        (
-            encapsulation == "rtp" and transport != "udp",
-            400,
-            "transport must be 'udp' for rtp encapsulation",
-        ),
-        # The double speaks UnicastRTP only: AudioSocket / chan_websocket answer 501 here.
-        (
-            (encapsulation, transport) != ("rtp", "udp"),
-            501,
-            "The encapsulation and/or transport is not supported",
-        ),
+        (q.get("direction", "") not in ("", "both", "in", "out"), 400,
+         "Invalid direction specified"),
+        ((encapsulation, transport) not in SUPPORTED_TRANSPORTS, 501,
+         "The encapsulation and/or transport is not supported"),
+        (encapsulation == "audiosocket" and not q.get("data"), 400, "data can not be empty"),
         (q.get("format") not in KNOWN_FORMATS, 500, INTERNAL_ERROR),
-    ]
+    ]  # fmt: skip
     for failed, status, message in checks:
         if failed:
             return error_reply(status, message)
     return None
+
+
+SUPPORTED_TRANSPORTS = frozenset({("rtp", "udp"), ("audiosocket", "tcp"), ("none", "websocket")})
 
 
 # -- RTP ----------------------------------------------------------------------------------
