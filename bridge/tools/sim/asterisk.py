@@ -29,6 +29,10 @@ Fault knobs (none of them recorded; each follows what Asterisk does, as document
   process that crashed leaves in Asterisk, for start-up sweep tests; `leftovers()` and `counts`
   tell what is still there and what happened.
 
+The other two transports: `external` (ExternalMedia over AudioSocket and chan_websocket, with
+`audiosocket` and `chan_websocket` the protocol modules and `links` the far end through them) and
+`dialplan` (`dial_audiosocket`, `dial_websocket`: the dialplan calling the bridge, no ARI).
+
 Layout (modules of `bridge.tools.sim`): `media` is the UDP side (`EmMedia`, `SimCall`); `core` is
 the channel and bridge state and the events its changes emit (`AsteriskCore`); `resources` the
 ARI resources that change it; `callers` the calls arriving from the dialplan; `control` the
@@ -50,7 +54,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.tools.sim.callers import AsteriskCallers, StasisAppNotActive
+from bridge.tools.sim.callers import StasisAppNotActive
 from bridge.tools.sim.core import (
     ASTERISK_ID,
     CHANNELVARS,
@@ -59,6 +63,7 @@ from bridge.tools.sim.core import (
     SimChannel,
     SimLeftovers,
 )
+from bridge.tools.sim.dialplan import AsteriskDialplan
 from bridge.tools.sim.faults import Fault, FaultTable
 from bridge.tools.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
 from bridge.tools.sim.recording import FIXTURES_DIR
@@ -106,7 +111,7 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk(AsteriskCallers):
+class SimulatedAsterisk(AsteriskDialplan):
     """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`.
 
     `history=False` keeps no request/event/packet logs and drops ended calls (soak runs).
@@ -183,6 +188,8 @@ class SimulatedAsterisk(AsteriskCallers):
     async def stop(self) -> None:
         """Close every socket, timer and task the simulator made."""
         self._cancel_timers()
+        await self._end_dialplan_calls()
+        await self._close_links()  # AudioSocket and media WebSockets, as on a hang-up
         for sock in list(self._sockets):
             await sock.ws.close()
         for media in self._medias:
@@ -410,6 +417,10 @@ class SimulatedAsterisk(AsteriskCallers):
         self, request: web.Request, query: dict[str, str], entry: SimRequest, generation: int
     ) -> web.StreamResponse:
         fault = None
+        if request.method == "GET" and request.path.startswith("/media/"):
+            response = await self._media_socket(request)  # chan_websocket: no credentials
+            entry.status = response.status
+            return response
         if not self._authorised(request, query):
             reply = error_reply(401, "Authentication required")
         else:

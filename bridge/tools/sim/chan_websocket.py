@@ -82,6 +82,8 @@ class WsMediaCore:
     leftover: bytes = b""
     hangup_requested: bool = False
     outbox: list[str] = field(default_factory=list)
+    optimal_frame_size: int = 0  # set from the codec (websocket_new)
+    ptime: int = 20
 
     def __post_init__(self) -> None:
         codec = CODECS[self.fmt]
@@ -338,7 +340,7 @@ class WsMediaLink:
         self._grid = 0.0  # the channel timer's phase: ticks at _grid + k * ptime
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.transport: asyncio.BaseTransport | None = None  # the TCP connection under it
+        self.transport: asyncio.Transport | None = None  # the TCP connection under it
 
     def __repr__(self) -> str:
         return f"<WsMediaLink {self.label} queue={self.core.queue_length} end={self.end_reason}>"
@@ -369,6 +371,9 @@ class WsMediaLink:
                     self._end("bridge_hangup")
                     await self._close(1000)
                     break
+        except asyncio.CancelledError:
+            self._end("asterisk_closed")  # the simulator stopped or crashed under us
+            raise
         finally:
             if self.close_code is None and ws.close_code is not None:
                 self.close_code = ws.close_code

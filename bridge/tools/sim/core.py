@@ -427,8 +427,9 @@ class AsteriskCore(ABC):
                             tuple(self.open_media_connections()), tuple(self._dialplan_open()))
 
     def open_media_connections(self) -> list[str]:
-        """Labels of the AudioSocket / media WebSocket connections still open."""
-        return [link.label for link in self._links if not link.closed.done()]
+        """Labels of the AudioSocket / media WebSocket connections neither side has ended
+        (one Asterisk has closed may take a moment more to finish its TCP close)."""
+        return [link.label for link in self._links if link.end_reason is None]
 
     def _dialplan_open(self) -> list[str]:
         return []  # dialplan calls (bridge.tools.sim.dialplan) report theirs

@@ -24,10 +24,10 @@ from bridge.tools.sim.core import (
     ASTERISK_ID,
     CHANNELVARS,
     DIALLED,
-    AsteriskCore,
     SimBridge,
     SimChannel,
 )
+from bridge.tools.sim.external import ExternalTransports
 from bridge.tools.sim.media import open_media
 from bridge.tools.sim.templates import (
     BRIDGE_TYPES,
@@ -40,7 +40,7 @@ from bridge.tools.sim.templates import (
 )
 
 
-class AsteriskResources(AsteriskCore):
+class AsteriskResources(ExternalTransports):
     """Asterisk's ARI resources over the core state (no HTTP here)."""
 
     # -- leftovers of a previous app process ---------------------------------------------
@@ -202,11 +202,15 @@ class AsteriskResources(AsteriskCore):
         self.counts["media_channels"] += 1
 
     async def _external_media(self, q: dict[str, str]) -> Reply:
-        invalid = validate_external_media(q)
+        invalid = validate_external_media(q, self.websocket_clients)
         if invalid is not None:
             return invalid
         if q.get("channelId") in self.channels:
             return error_reply(409, "Channel with given unique ID already exists")
+        if q.get("encapsulation") == "audiosocket":
+            return await self._external_audiosocket(q)
+        if q.get("transport") == "websocket":
+            return await self._external_websocket(q)
         try:
             ch = await self._new_media_channel(
                 q.get("channelId") or self._new_id(), q["external_host"], q["format"]
@@ -230,12 +234,6 @@ class AsteriskResources(AsteriskCore):
             await asyncio.sleep(-delay)
             return Reply(200, body)
         return Reply(200, body, after=lambda: self._schedule_stasis_start(ch, delay))
-
-    def _schedule_stasis_start(self, ch: SimChannel, delay: float) -> None:
-        if delay == 0:
-            self._media_enters_stasis(ch)
-        elif self.channels.get(ch.id) is ch and not ch.in_stasis:
-            ch.pending_start = self._running_loop().call_later(delay, self._media_enters_stasis, ch)
 
     # -- bridges -------------------------------------------------------------------------
 
