@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 
 from ari.models import Channel
 from bridge.media.audiosocket import (
+    AudioSocketCore,
     AudioSocketLeg,
     AudioSocketListener,
     DialplanAudioSocketLeg,
 )
 from bridge.media.audiosocket_codec import (
+    Frame,
     Kind,
     encode_audio,
     encode_dtmf,
@@ -675,3 +677,53 @@ def test_bad_settings_are_refused(ticker: FakeTicker) -> None:
         _ = listener.external_host
     with pytest.raises(ValueError):
         AudioSocketLeg(events=Events(), listener=listener, ticker=ticker, sample_rate=44100)
+
+
+# ---- the pure core alone ------------------------------------------------------------------
+
+
+def test_the_core_fails_a_rate_it_cannot_convert() -> None:
+    events = Events()
+    core = AudioSocketCore(events=events, sample_rate=8000, log=FakeLog())
+    core.receive([Frame(Kind.SLIN12, slin(1, 12000))])  # 12 kHz: no AudioSpec for it
+    assert events.failed == ["Asterisk sends AudioSocket audio at 12000 Hz: cannot convert it"]
+    core.receive([Frame(Kind.SLIN, slin(1))])
+    written: list[bytes] = []
+    core.tick(1, 0, written.append)
+    assert (events.audio, written) == ([], [])  # a finished core does nothing more
+
+
+def test_the_core_sends_in_the_rate_asterisk_last_used() -> None:
+    events = Events()
+    core = AudioSocketCore(events=events, sample_rate=16000, playout_reserve_ms=0, log=FakeLog())
+    written: list[bytes] = []
+    core.tick(1, 0, written.append)
+    core.receive([Frame(Kind.SLIN, slin(1))])  # AudioSocket() at 8 kHz, declared 16 kHz
+    core.tick(1, 0, written.append)
+    assert [(data[0], len(data)) for data in written] == [(0x12, 643), (0x10, 323)]
+    assert [len(frame) for frame in events.audio] == [640, 640]  # one fill, one converted
+    assert core.stats()["rx_rate_changes"] == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(before=st.booleans(), garbage=st.binary(max_size=64))
+def test_arbitrary_bytes_never_raise_out_of_the_connection(before: bool, garbage: bytes) -> None:
+    """Before or after the UUID, any bytes are frames, a refusal or a failed call."""
+
+    async def scenario() -> None:
+        dialplan, log = Dialplan(), FakeLog()
+        listener = AudioSocketListener(host="127.0.0.1", port=0, ticker=FakeTicker(), log=log,
+                                       on_dialplan_call=dialplan)  # fmt: skip
+        connection, transport = listener.protocol_factory(), FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        stream = garbage if before else encode_uuid(uuid.uuid4()) + garbage
+        for start in range(0, len(stream), 7):
+            connection.data_received(stream[start : start + 7])
+        connection.connection_lost(None)
+        if dialplan.calls:
+            ((_got, _leg, events),) = dialplan.calls
+            assert len(events.failed) + len(events.ended) == 1
+        else:
+            assert len(log.events("audiosocket_rejected")) == 1
+
+    asyncio.run(scenario())
