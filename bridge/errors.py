@@ -5,10 +5,13 @@
      |    +-- RtpParseError         a datagram that is not valid RTP
      |    +-- AriEventError         an ARI event that is not JSON or lacks required fields
      |    +-- BotProtocolError      a bot message that is not valid JSON / base64 / dialect
+     |    +-- AudioSocketError      AudioSocket bytes that break the framing; fatal (no resync)
+     |    +-- WebSocketControlError a chan_websocket text message we cannot parse
      +-- AriHttpError(status, message)   a non-2xx ARI REST answer
      +-- AriUnavailableError        ARI could not be reached (connect error, timeout)
      +-- BotConnectError            the bot WebSocket could not be opened
      +-- CallStateError             the call state machine was driven wrongly (our bug)
+     +-- WebSocketCommandError      a chan_websocket command Asterisk would ignore (our bug)
      +-- ConfigError                bad command line / environment
 """
 
@@ -35,6 +38,14 @@ class BotProtocolError(ParseError):
     pass
 
 
+class AudioSocketError(ParseError):
+    pass
+
+
+class WebSocketControlError(ParseError):
+    pass
+
+
 class AriHttpError(BridgeError):
     """ARI answered with a non-2xx status; `message` is Asterisk's own text."""
 
@@ -56,6 +67,10 @@ class BotConnectError(BridgeError):
 
 class CallStateError(BridgeError):
     pass
+
+
+class WebSocketCommandError(BridgeError, ValueError):
+    """A command that is too long (Asterisk ignores text over 128 bytes) or malformed."""
 
 
 class ConfigError(BridgeError):
