@@ -155,7 +155,12 @@ def rtp_payload_samples(packet: bytes) -> tuple[Samples, int] | None:
 
 
 def rtp_to_format(packet: bytes, fmt: str) -> bytes:
-    """One far-end RTP packet as one frame of the channel's format (b"": nothing to send)."""
+    """One far-end RTP packet as one frame of the channel's format (b"": nothing to send).
+
+    The same codec both sides passes through untouched, as Asterisk does without a translator.
+    """
+    if len(packet) >= 12 and (packet[1] & 0x7F, fmt) in ((0, "ulaw"), (8, "alaw")):
+        return packet[12 + 4 * (packet[0] & 0x0F) :]
     audio = rtp_payload_samples(packet)
     return b"" if audio is None else encode(audio[0], audio[1], fmt)
 

@@ -205,7 +205,7 @@ class AsteriskDialplan(AsteriskCallers):
         call.ended.add_done_callback(gone)
 
     def _dialplan_open(self) -> list[str]:
-        return [call.label for call in self._dialplan_active]
+        return [call.label for call in self._dialplan_active if not call.ended.done()]
 
     async def dial_audiosocket(
         self,

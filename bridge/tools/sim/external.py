@@ -175,6 +175,7 @@ class ExternalTransports(AsteriskCore):
         connection_id = request.path.removeprefix("/media/")
         waiting = self._ws_waiting.get(connection_id)
         if waiting is None or self.channels.get(waiting[0].id) is not waiting[0]:
+            self._ws_waiting.pop(connection_id, None)
             return web.Response(status=404, reason="Not found", text="WebSocket instance not found")
         ch, core = waiting
         if ch.link is not None:
@@ -195,8 +196,9 @@ class ExternalTransports(AsteriskCore):
     def _ws_link(self, ch: SimChannel, core: WsMediaCore) -> WsMediaLink:
         link = WsMediaLink(self._running_loop(), core, keep=self._history)
         ch.link = link
-        self._ws_waiting.pop(core.connection_id, None)
         self._register_link(ch.id, link)
+        # The instance is found by its id until it is gone (a second connection: 409).
+        link.closed.add_done_callback(lambda _: self._ws_waiting.pop(core.connection_id, None))
         link.on_end = lambda reason: self._link_ended(ch, reason)
         return link
 
