@@ -161,24 +161,14 @@ class AriRestClient:
         *,
         channel_id: str,
         app: str,
-        external_host: str,
-        fmt: str,
-        encapsulation: str = "rtp",
-        transport: str = "udp",
-        direction: str = "both",
+        params: Mapping[str, str],
     ) -> Channel:
+        """`params`: the transport's own (format, encapsulation, transport, external_host,
+        data, connection_type, transport_data, ...), as its media leg gives them."""
         body = await self.request(
             "POST",
             "/channels/externalMedia",
-            {
-                "app": app,
-                "external_host": external_host,
-                "format": fmt,
-                "encapsulation": encapsulation,
-                "transport": transport,
-                "direction": direction,
-                "channelId": channel_id,
-            },
+            {"app": app, "direction": "both", **params, "channelId": channel_id},
         )
         return _parse(parse_channel, body, "POST", "/channels/externalMedia")
 

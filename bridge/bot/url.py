@@ -4,7 +4,8 @@ The URL: the --bot-url template, or a ws:// URL given as a Stasis argument
 (`Stasis(pipecat,ws://host/path)`), with {call_id} {channel_id} {caller} {called} filled in.
 The dialect: --dialect, overridden by a `#dialect=NAME` fragment on the chosen URL (a
 fragment never goes on the wire, so it is the bridge's own), overridden by a Stasis argument
-`dialect=NAME` (`Stasis(pipecat,dialect=vonage)`)."""
+`dialect=NAME` (`Stasis(pipecat,dialect=vonage)`). The media transport is chosen the same
+way: --transport, overridden by `transport=NAME`."""
 
 from __future__ import annotations
 
@@ -47,12 +48,18 @@ def split_dialect(url: str) -> tuple[str, str | None]:
     return base, None
 
 
-def dialect_from_args(args: Sequence[str]) -> str | None:
+def option_from_args(args: Sequence[str], name: str) -> str | None:
+    """The value of the first `name=VALUE` Stasis argument (`dialect=vonage`,
+    `transport=audiosocket`), or None."""
     for arg in args:
         key, sep, value = arg.partition("=")
-        if sep and key.strip() == "dialect" and value.strip():
+        if sep and key.strip() == name and value.strip():
             return value.strip()
     return None
+
+
+def dialect_from_args(args: Sequence[str]) -> str | None:
+    return option_from_args(args, "dialect")
 
 
 def resolve_bot(

@@ -21,7 +21,8 @@ class Answer:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class OpenMedia:
-    """Bind the media leg's local endpoint; answered by CommandDone(value=external_host)."""
+    """Get the media leg ready for Asterisk; answered by CommandDone(value=the ExternalMedia
+    parameters that reach it, a mapping)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -33,7 +34,9 @@ class CreateBridge:
 @dataclass(frozen=True, slots=True, eq=False)
 class CreateExternalMedia:
     channel_id: str
-    external_host: str
+    # The transport's own parameters (format, encapsulation, transport, external_host, data,
+    # ...), as the leg gave them: the machine does not look inside.
+    params: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -82,7 +85,11 @@ class DeleteBridge:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CloseMedia:
-    pass
+    """Close the media leg; `hangup`: end the call on Asterisk's side through it too (a call
+    from the dialplan), else just close (ARI deletes the channel; a dialplan fallback lets the
+    dialplan go on)."""
+
+    hangup: bool = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -165,6 +172,20 @@ class PlayoutDrained:
 @dataclass(frozen=True, slots=True)
 class MediaFailed:
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaEnded:
+    """Asterisk closed the media stream (AudioSocket socket closed, chan_websocket 1000)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDtmf:
+    """A digit carried by the media stream itself (AudioSocket 0x03, DTMF_END)."""
+
+    digit: str
 
 
 @dataclass(frozen=True, slots=True)

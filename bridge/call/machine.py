@@ -25,7 +25,7 @@ All transitions go through `_goto`, which checks them against TRANSITIONS.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ari.events import (
@@ -58,6 +58,8 @@ from bridge.call.commands import (
     Finished,
     HangupChannel,
     HangupRequested,
+    MediaDtmf,
+    MediaEnded,
     MediaFailed,
     OpenMedia,
     PlayoutDrained,
@@ -135,8 +137,15 @@ MachineInput = (
     | BotClosed
     | PlayoutDrained
     | MediaFailed
+    | MediaEnded
+    | MediaDtmf
     | HangupRequested
 )
+
+# An ARI call hears of a hang-up from its events; the media stream closing first (Asterisk
+# closes an AudioSocket or chan_websocket as it hangs the channel up) only ends the call if
+# no event explains it within this long: a stream that broke on its own.
+MEDIA_ENDED_GRACE = 1.0
 
 
 class CallMachine:
@@ -187,6 +196,7 @@ class CallMachine:
         self._caller_plan: list[str] = []
         self._caller_step: Command | None = None
         self._playback_deadline: float | None = None
+        self._media_ended_deadline: float | None = None
         if reject:
             self._end(reject, fallback=True)
         else:
@@ -199,15 +209,20 @@ class CallMachine:
         return out
 
     def next_timer(self) -> float | None:
+        pending = (self._playback_deadline, self._media_ended_deadline)
+        deadlines = [d for d in pending if d is not None]
         if self.state is CallState.SETUP:
-            return self._setup_deadline
-        return self._playback_deadline
+            deadlines.append(self._setup_deadline)
+        return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         if self.state is CallState.SETUP and now >= self._setup_deadline:
             self._end("setup timed out", fallback=True)
         elif self._playback_deadline is not None and now >= self._playback_deadline:
             self._playback_done()
+        if self._media_ended_deadline is not None and now >= self._media_ended_deadline:
+            self._media_ended_deadline = None
+            self._end("media stream closed by Asterisk", fallback=True)
 
     def handle(self, event: MachineInput) -> None:
         if self.state is CallState.ENDED:
@@ -225,6 +240,11 @@ class CallMachine:
                 self._end("bot ended the call")
         elif isinstance(event, MediaFailed):
             self._end(f"media failed: {event.reason}", fallback=True)
+        elif isinstance(event, MediaEnded):
+            if self.state in (CallState.SETUP, CallState.UP, CallState.DRAINING):
+                self._media_ended_deadline = self._clock() + MEDIA_ENDED_GRACE
+        elif isinstance(event, MediaDtmf):
+            pass  # the caller's ChannelDtmfReceived carries the same digit: forward that one
         elif isinstance(event, HangupRequested):
             if event.caller_gone:
                 self._caller_gone()
@@ -294,9 +314,10 @@ class CallMachine:
                 self.caller_res = Res.GONE
         elif isinstance(cmd, OpenMedia):
             self._created("leg_res", CloseMedia())
-            if self.state is CallState.SETUP and isinstance(value, str):
+            if self.state is CallState.SETUP and isinstance(value, Mapping):
                 self.media_res = Res.CREATING
-                self._emit(CreateExternalMedia(self.ids.media_channel_id, value))
+                params = tuple((str(k), str(v)) for k, v in value.items())
+                self._emit(CreateExternalMedia(self.ids.media_channel_id, params))
         elif isinstance(cmd, CreateBridge):
             self._created("bridge_res", DeleteBridge(self.ids.bridge_id))
             self._maybe_bridge()
@@ -425,6 +446,7 @@ class CallMachine:
     def _end(self, reason: str, *, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
+        self._media_ended_deadline = None
         self.end_reason = reason
         self._goto(CallState.ENDING)
         if self.bot_res in (Res.UP, Res.CREATING):

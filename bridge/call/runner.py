@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ari.events import AriEvent
@@ -36,6 +36,8 @@ from bridge.call.commands import (
     DrainPlayout,
     Finished,
     HangupChannel,
+    MediaDtmf,
+    MediaEnded,
     MediaFailed,
     OpenMedia,
     PlayoutDrained,
@@ -43,12 +45,12 @@ from bridge.call.commands import (
     SendDtmf,
     StartMedia,
 )
+from bridge.call.dialplan import DialplanCallMachine
 from bridge.call.machine import CallIds, CallMachine, Fallback, MachineInput
 from bridge.errors import AriHttpError, BotProtocolError, BridgeError
 from bridge.logs import redact_url
 from bridge.media.leg import MediaLeg
-from rtp.formats import AudioFormat
-from rtp.transcode import Transcoder, spec_for_format
+from rtp.transcode import Transcoder
 
 
 class Call:
@@ -56,11 +58,10 @@ class Call:
         self,
         *,
         ids: CallIds,
-        caller: Channel,
+        caller: Channel | None,
         bot_url: str,
         app: str,
-        audio_format: AudioFormat,
-        rest: AriRestClient,
+        rest: AriRestClient | None,
         leg_factory: Callable[[Call], MediaLeg],
         dialect: BotDialect,
         info: CallInfo,
@@ -70,22 +71,19 @@ class Call:
         log: Any,
         fallback: Fallback | None = None,
         reject: str = "",
-        tx_format: AudioFormat | None = None,
         bot_options: dict[str, Any] | None = None,
     ) -> None:
-        """`audio_format`: what the ExternalMedia channel sends (its `format=`);
-        `tx_format`: what we send it back (µ-law for a slin16 channel, asterisk-facts §10).
-        The bot's audio is converted from and to the dialect's own (`dialect.audio`)."""
+        """An ARI call has its `caller` channel and the ARI `rest` session; a call from the
+        dialplan alone (`caller` None) runs a DialplanCallMachine and needs no REST.
+        The bot's audio is converted between the dialect's own (`dialect.audio`) and what
+        the media leg announces it carries (`leg.formats`)."""
         self.ids = ids
         self.log = log
         self._loop = asyncio.get_running_loop()
         self._rest = rest
         self._app = app
-        self._format = audio_format.name
         self._dialect = dialect
         self._bot_options = bot_options or {}
-        self._to_bot = Transcoder(spec_for_format(audio_format), dialect.audio)
-        self._from_bot = Transcoder(dialect.audio, spec_for_format(tx_format or audio_format))
         self._info = info
         self._bot_connect_timeout = bot_connect_timeout
         self._on_finished = on_finished
@@ -98,17 +96,25 @@ class Call:
         self.bot_bad_messages = 0
         self.bot_audio_bytes = 0
         self.dtmf_sent = 0
-        self.machine = CallMachine(
-            ids,
-            caller,
-            bot_url,
-            self._loop.time(),
-            setup_timeout,
-            fallback=fallback,
-            reject=reject,
-            clock=self._loop.time,
-        )
+        self.machine: CallMachine | DialplanCallMachine
+        if caller is None:
+            self.machine = DialplanCallMachine(
+                ids.call_id, bot_url, self._loop.time(), setup_timeout, reject=reject
+            )
+        else:
+            self.machine = CallMachine(
+                ids,
+                caller,
+                bot_url,
+                self._loop.time(),
+                setup_timeout,
+                fallback=fallback,
+                reject=reject,
+                clock=self._loop.time,
+            )
         self.leg = leg_factory(self)
+        self._to_bot = Transcoder(self.leg.formats.rx, dialect.audio)
+        self._from_bot = Transcoder(dialect.audio, self.leg.formats.tx)
         self.finished = self._loop.create_future()
 
     @property
@@ -146,7 +152,21 @@ class Call:
             self._finish(finished)
 
     def _execute(self, cmd: Command) -> None:
-        rest = self._rest
+        if isinstance(cmd, ConnectBot):
+            self._connect_task = self._spawn(cmd, self._connect_bot(cmd.url))
+        elif isinstance(cmd, SendDtmf):
+            self._send_dtmf(cmd.digit)
+        elif isinstance(cmd, DrainPlayout):
+            self.leg.drain()
+        elif isinstance(cmd, CloseBot):
+            self._spawn(cmd, self._close_bot(cmd))
+        elif isinstance(cmd, CloseMedia):
+            self.leg.close(hangup=cmd.hangup)
+            self.machine.handle(CommandDone(cmd))
+        elif self._rest is not None:
+            self._execute_ari(cmd, self._rest)
+
+    def _execute_ari(self, cmd: Command, rest: AriRestClient) -> None:
         if isinstance(cmd, Answer):
             self._spawn(cmd, rest.answer(cmd.channel_id))
         elif isinstance(cmd, OpenMedia):
@@ -157,25 +177,13 @@ class Call:
             self._spawn(
                 cmd,
                 rest.create_external_media(
-                    channel_id=cmd.channel_id,
-                    app=self._app,
-                    external_host=cmd.external_host,
-                    fmt=self._format,
-                    **self.leg.external_media_params(),
+                    channel_id=cmd.channel_id, app=self._app, params=dict(cmd.params)
                 ),
             )
         elif isinstance(cmd, StartMedia):
             self._start_media(cmd)
         elif isinstance(cmd, AddChannels):
             self._spawn(cmd, rest.add_channels(cmd.bridge_id, cmd.channel_ids))
-        elif isinstance(cmd, ConnectBot):
-            self._connect_task = self._spawn(cmd, self._connect_bot(cmd.url))
-        elif isinstance(cmd, SendDtmf):
-            self._send_dtmf(cmd.digit)
-        elif isinstance(cmd, DrainPlayout):
-            self.leg.drain()
-        elif isinstance(cmd, CloseBot):
-            self._spawn(cmd, self._close_bot(cmd))
         elif isinstance(cmd, HangupChannel):
             self._spawn(cmd, rest.hangup(cmd.channel_id))
         elif isinstance(cmd, DeleteBridge):
@@ -191,9 +199,6 @@ class Call:
                 rest.continue_in_dialplan(cmd.channel_id, cmd.context, cmd.extension,
                                           cmd.priority),
             )
-        elif isinstance(cmd, CloseMedia):
-            self.leg.close()
-            self.machine.handle(CommandDone(cmd))
 
     def _spawn(self, cmd: Command, coro: Any) -> asyncio.Task[None]:
         task = self._loop.create_task(self._run(cmd, coro))
@@ -234,11 +239,12 @@ class Call:
 
     # ---- media --------------------------------------------------------------------------
 
-    async def _open_media(self) -> str:
-        external_host = await self.leg.open()
-        self.log = self.log.bind(rtp_port=getattr(self.leg, "port", None))
-        self.log.info("media_bound", external_host=external_host)
-        return external_host
+    async def _open_media(self) -> Mapping[str, str]:
+        params = await self.leg.open()
+        self.log = self.log.bind(**self.leg.log_fields())
+        self.log.info("media_bound", transport=self.leg.transport,
+                      external_host=params.get("external_host"))
+        return params
 
     def _start_media(self, cmd: StartMedia) -> None:
         try:
@@ -246,7 +252,7 @@ class Call:
         except ValueError as exc:
             self.machine.handle(MediaFailed(str(exc)))
             return
-        self.log.info("media_started", asterisk_rtp=getattr(self.leg, "remote", None))
+        self.log.info("media_started", **self.leg.describe())
 
     # MediaEvents, called by the leg
     def on_caller_audio(self, payload: bytes) -> None:
@@ -262,11 +268,17 @@ class Call:
                 if message is not None:
                     self._bot.send(message)
 
+    def on_caller_dtmf(self, digit: str) -> None:
+        self.feed(MediaDtmf(digit))
+
     def on_playout_drained(self) -> None:
         self.feed(PlayoutDrained())
 
     def on_media_failed(self, reason: str) -> None:
         self.feed(MediaFailed(reason))
+
+    def on_media_ended(self, reason: str) -> None:
+        self.feed(MediaEnded(reason))
 
     # ---- bot ----------------------------------------------------------------------------
 

@@ -326,10 +326,12 @@ class AudioSocketLeg:
             return
         self.core.outbound.drain()
 
-    def close(self) -> None:
+    def close(self, *, hangup: bool | None = None) -> None:
         if self._closed:
             return
         self._closed = True
+        if hangup is not None:
+            self.hangup_on_close = hangup
         self._cancel_timer()
         self._ticker.remove(self)
         if self._events is not None:

@@ -76,9 +76,11 @@ class MediaLeg(Protocol):
     def drain(self) -> None:
         """Play out what is queued, then report on_playout_drained."""
 
-    def close(self) -> None:
-        """Stop and release everything; idempotent. Ends the stream on Asterisk's side too
-        where the transport says how (AudioSocket 0x00, chan_websocket HANGUP)."""
+    def close(self, *, hangup: bool | None = None) -> None:
+        """Stop and release everything; idempotent. `hangup`: also end the call on Asterisk's
+        side where the transport can say so (AudioSocket 0x00, chan_websocket HANGUP); None
+        is the leg's own default (yes for a call from the dialplan, no under ARI, which hangs
+        the channel up itself)."""
 
     def log_fields(self) -> dict[str, Any]:
         """What to bind to the call's log lines once open (e.g. rtp_port)."""

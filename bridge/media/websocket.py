@@ -581,10 +581,12 @@ class WebSocketLeg:
         self._the_core().drain()
         self._flush()
 
-    def close(self) -> None:
+    def close(self, *, hangup: bool | None = None) -> None:
         if self._closed:
             return
         self._closed = True
+        if hangup is not None:
+            self.hangup_on_close = hangup
         self._ticker.remove(self)
         core = self.core
         if core is not None:

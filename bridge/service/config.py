@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
+from bridge.media.factory import TRANSPORTS, parse_listen
 from bridge.media.ports import PortPool, parse_port_range
 
-FORMATS = ("ulaw", "alaw", "slin16")
+FORMATS = ("ulaw", "alaw", "slin", "slin16")
+CONTROL_FORMATS = ("plain", "json")
 DIALECTS = ("twilio", "exotel", "vonage")
 FALLBACKS = ("hangup", "continue")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,6 +36,17 @@ class Settings:
     rtp_host: str = "127.0.0.1"
     rtp_ports: tuple[int, int] = (20000, 20999)
     format: str = "ulaw"
+    transport: str = "rtp"
+    # Listeners for media Asterisk brings to us: AudioSocket (ARI externalMedia and the
+    # dialplan's AudioSocket()/Dial(AudioSocket/...)) and chan_websocket client mode
+    # (Dial(WebSocket/...)). "" turns one off.
+    audiosocket_listen: str = "127.0.0.1:9092"
+    websocket_listen: str = "127.0.0.1:9093"
+    # chan_websocket control messages asked for in ARI calls: plain text (every version) or
+    # JSON (transport_data=f(json), Asterisk 20.18 / 22.8 / 23.2 and later).
+    websocket_control: str = "plain"
+    # NAME -> bot URL, for calls that can only name a bot (chan_websocket v(bot=NAME)).
+    bot_map: tuple[tuple[str, str], ...] = ()
     dialect: str = "twilio"
     silence_fill: bool = True
     caller_silence_fill: bool = True
@@ -58,6 +71,11 @@ class Settings:
     log_level: str = "info"
 
     @property
+    def ari_enabled(self) -> bool:
+        """Without ARI credentials the service serves only calls from the dialplan."""
+        return bool(self.ari_password)
+
+    @property
     def ari_host(self) -> str:
         return urlsplit(self.ari_url).hostname or "127.0.0.1"
 
@@ -72,7 +90,24 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--bot-url", "bot_url", "bot URL template: {call_id} {channel_id} {caller} {called}"),
     ("--rtp-host", "rtp_host", "local address for ExternalMedia RTP sockets"),
     ("--rtp-ports", "rtp_ports", "local port range LOW-HIGH (must not overlap rtp.conf's)"),
-    ("--format", "format", f"ExternalMedia audio format: {', '.join(FORMATS)}"),
+    ("--format", "format", f"audio format to Asterisk: {', '.join(FORMATS)}"),
+    ("--transport", "transport", f"media transport for ARI calls: {', '.join(TRANSPORTS)}"),
+    (
+        "--audiosocket-listen",
+        "audiosocket_listen",
+        "HOST:PORT of the AudioSocket listener ('' = off)",
+    ),
+    (
+        "--websocket-listen",
+        "websocket_listen",
+        "HOST:PORT of the chan_websocket client-mode listener, path /media ('' = off)",
+    ),
+    (
+        "--websocket-control",
+        "websocket_control",
+        "chan_websocket control messages in ARI calls: plain or json (Asterisk >= 23.2)",
+    ),
+    ("--bot-map", "bot_map", "bots by name for v(bot=NAME): NAME=URL[,NAME=URL...]"),
     ("--dialect", "dialect", f"bot WebSocket dialect: {', '.join(DIALECTS)}"),
     ("--max-queue-ms", "max_queue_ms", "most bot audio queued per call, in ms"),
     ("--playout-reserve-ms", "playout_reserve_ms", "bot audio held before a talkspurt starts"),
@@ -174,7 +209,8 @@ def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Sett
     if password is not None:
         raw["ari_password"] = password
     headers_file = raw.pop("bot_headers_file", None)
-    settings = _validate(raw)
+    bot_map = _parse_bot_map(raw.pop("bot_map", ""))
+    settings = dataclasses.replace(_validate(raw), bot_map=bot_map)
     if headers_file:
         headers = _read_headers_file(headers_file)
         if urlsplit(settings.bot_url).username is not None and any(
@@ -236,6 +272,18 @@ def _read_headers_file(path: str) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
+def _parse_bot_map(text: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for item in text.replace(" ", ",").split(","):
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or not name or urlsplit(url).scheme not in ("ws", "wss"):
+            raise ConfigError(f"--bot-map entries are NAME=ws://..., got {item!r}")
+        pairs.append((name, url))
+    return tuple(pairs)
+
+
 def _validate(raw: dict[str, str]) -> Settings:
     kwargs: dict[str, object] = dict(raw)
     try:
@@ -265,6 +313,17 @@ def _validate(raw: dict[str, str]) -> Settings:
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     if settings.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    if settings.transport not in TRANSPORTS:
+        raise ConfigError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    if settings.websocket_control not in CONTROL_FORMATS:
+        raise ConfigError(f"--websocket-control must be one of {', '.join(CONTROL_FORMATS)}")
+    audiosocket = parse_listen(settings.audiosocket_listen, "--audiosocket-listen")
+    websocket = parse_listen(settings.websocket_listen, "--websocket-listen")
+    if settings.transport == "rtp" and settings.format == "slin":
+        raise ConfigError("--format slin is for audiosocket and websocket; RTP carries ulaw, "
+                          "alaw or slin16")
+    if settings.transport == "audiosocket" and audiosocket is None:
+        raise ConfigError("--transport audiosocket needs --audiosocket-listen")
     if settings.dialect not in DIALECTS:
         raise ConfigError(f"--dialect must be one of {', '.join(DIALECTS)}")
     if settings.fallback not in FALLBACKS:
@@ -283,8 +342,11 @@ def _validate(raw: dict[str, str]) -> Settings:
         raise ConfigError("--ari-url must start with http:// or https://")
     if urlsplit(settings.bot_url).scheme not in ("ws", "wss"):
         raise ConfigError("--bot-url must start with ws:// or wss://")
-    if not settings.ari_password:
-        raise ConfigError("no ARI password: give --ari-password-file or $BRIDGE_ARI_PASSWORD")
+    if not settings.ari_password and audiosocket is None and websocket is None:
+        raise ConfigError(
+            "no ARI password and no dialplan listener: give --ari-password-file or "
+            "$BRIDGE_ARI_PASSWORD, or --audiosocket-listen / --websocket-listen"
+        )
     return settings
 
 

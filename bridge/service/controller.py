@@ -1,8 +1,11 @@
-"""The service: one ARI events socket, one REST session, one ticker, and the registry of calls.
+"""The service: one ARI events socket, one REST session, one ticker, the media listeners and
+the registry of calls.
 
 Routing rule: a StasisStart of a channel that is not ours and not an ExternalMedia channel is
 a new caller; every other event goes to the call that owns its channel or bridge, or is
-ignored. The registry lives here, on an instance, never in module state.
+ignored. A connection to a media listener that no ARI call expects is a call from the
+dialplan alone (`bridge.call.dialplan`). The registry lives here, on an instance, never in
+module state. Without ARI credentials only dialplan calls are served.
 """
 
 from __future__ import annotations
@@ -18,18 +21,17 @@ from ari.events_socket import AriEventsSocket, events_url
 from ari.models import Bridge, Channel
 from ari.rest import AriRestClient
 from bridge.bot.dialects import create_dialect
-from bridge.bot.dialects.base import CallInfo
-from bridge.bot.url import resolve_bot
+from bridge.bot.dialects.base import BotDialect, CallInfo
+from bridge.bot.url import option_from_args, resolve_bot
 from bridge.call.commands import HangupRequested
 from bridge.call.machine import CallIds, Fallback
 from bridge.call.runner import Call
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import get_logger
-from bridge.media.ports import PortPool
-from bridge.media.rtp import RtpLeg
+from bridge.media.factory import TRANSPORTS, MediaFactory
+from bridge.media.leg import MediaLeg
 from bridge.media.ticker import Ticker
 from bridge.service.config import Settings
-from rtp.formats import SLIN16, ULAW, format_by_name
 
 log = get_logger("bridge")
 
@@ -46,14 +48,18 @@ class Controller:
             timeout=settings.rest_timeout,
         )
         self.ticker = Ticker()
-        self.pool = PortPool(*settings.rtp_ports)
+        self.media = MediaFactory(
+            settings,
+            self.ticker,
+            on_dialplan_audiosocket=self._dialplan_audiosocket_call,
+            on_dialplan_websocket=self._dialplan_websocket_call,
+        )
+        self.pool = self.media.pool
         self.calls: dict[str, Call] = {}  # by call_id
         self._by_channel: dict[str, Call] = {}
         self._by_bridge: dict[str, Call] = {}
-        self._format = format_by_name(settings.format)
-        # Asterisk drops 16 kHz RTP sent to a UnicastRTP channel but takes µ-law on the same
-        # channel (asterisk-facts §10): a slin16 call is wideband inbound only.
-        self._tx_format = ULAW if self._format is SLIN16 else self._format
+        # What the bot is told the call's rate is (exotel follows it): the format's.
+        self._rate = 16000 if settings.format == "slin16" else 8000
         self.events = AriEventsSocket(
             events_url(settings.ari_url, settings.app, settings.ari_user, settings.ari_password),
             self.on_event,
@@ -62,7 +68,7 @@ class Controller:
         self.calls_total = 0
         self.calls_rejected = 0
         self.swept = 0  # leftovers of earlier runs deleted
-        self._active: set[str] = set()  # call ids that were not rejected
+        self._active: dict[str, str] = {}  # call id -> transport, of calls not rejected
         self.draining = False
         self._fallback = Fallback(
             settings.fallback,
@@ -82,27 +88,38 @@ class Controller:
 
     async def run(self) -> None:
         """Serve until cancelled; then end every call and release everything."""
-        await self.rest.open()
+        s = self.settings
+        try:
+            await self.media.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen for media: {exc.strerror or exc}") from None
         log.info(
             "bridge_starting",
-            ari_url=self.settings.ari_url,
-            app=self.settings.app,
-            bot_url=self.settings.bot_url,
-            rtp=f"{self.settings.rtp_host}:{self.settings.rtp_ports[0]}-"
-            f"{self.settings.rtp_ports[1]}",
-            format=self.settings.format,
-            dialect=self.settings.dialect,
+            ari_url=s.ari_url if s.ari_enabled else None,
+            app=s.app,
+            bot_url=s.bot_url,
+            transport=s.transport,
+            rtp=f"{s.rtp_host}:{s.rtp_ports[0]}-{s.rtp_ports[1]}",
+            audiosocket_listen=_address(self.media.audiosocket),
+            websocket_listen=_address(self.media.websocket),
+            format=s.format,
+            dialect=s.dialect,
             fallback=self._fallback.policy,
-            max_calls=self.settings.max_calls or self.pool.size,
+            max_calls=s.max_calls or None,
         )
-        if _is_wildcard(self.settings.rtp_host):
+        if _is_wildcard(s.rtp_host):
             log.warning(
                 "rtp_host_wildcard",
-                rtp_host=self.settings.rtp_host,
+                rtp_host=s.rtp_host,
                 hint="RTP sockets listen on every interface; bind the Asterisk-facing address",
             )
         try:
-            await self.events.run()
+            if s.ari_enabled:
+                await self.rest.open()
+                await self.events.run()
+            else:
+                log.info("ari_disabled", reason="no ARI password: dialplan calls only")
+                await asyncio.get_running_loop().create_future()  # until cancelled
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self.shutdown())
@@ -128,6 +145,7 @@ class Controller:
         if self.calls:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.all_idle.wait(), grace)
+        await self.media.close()
         await self.events.close()
         await self.rest.close()
         log.info(
@@ -157,7 +175,7 @@ class Controller:
                 log.warning("foreign_media_channel", channel_id=event.channel.id,
                             name=event.channel.name)
             elif event.channel.id not in self._by_channel:
-                self._new_call(event.channel, event.args, reject=self._admission())
+                self._new_call(event.channel, event.args)
             return
         call = self._route(event)
         if call is not None:
@@ -262,17 +280,21 @@ class Controller:
 
     # ---- calls --------------------------------------------------------------------------
 
-    def _admission(self) -> str:
-        """Why a new caller cannot be taken now, or "" if it can."""
+    def _admission(self, transport: str) -> str:
+        """Why a new call on `transport` cannot be taken now, or "" if it can."""
         if self.draining:
             return "bridge draining"
-        limit = min(self.settings.max_calls or self.pool.size, self.pool.size)
-        if len(self._active) >= limit:
-            return "no free RTP port" if limit == self.pool.size else "max calls reached"
-        return ""
+        if self.settings.max_calls and len(self._active) >= self.settings.max_calls:
+            return "max calls reached"
+        return self.media.unavailable(transport, self._calls_on)
+
+    def _calls_on(self, transport: str) -> int:
+        return sum(1 for t in self._active.values() if t == transport)
 
     def _new_call(self, caller: Channel, args: tuple[str, ...], reject: str = "") -> None:
         s = self.settings
+        transport = option_from_args(args, "transport") or s.transport
+        reject = reject or self._admission(transport)
         call_id = uuid.uuid4().hex
         ids = CallIds(
             call_id=call_id,
@@ -290,66 +312,113 @@ class Controller:
         bot_url, dialect_name = resolve_bot(s.bot_url, s.dialect, args, values)
         info = CallInfo(call_id, caller.id, caller.caller_number, caller.exten)
         call_log = log.bind(call_id=call_id, channel_id=caller.id)
-        try:
-            dialect = create_dialect(dialect_name, info, self._format.sample_rate)
-        except ConfigError as exc:
-            # A typo in the dialplan's Stasis() arguments: speaking the wrong dialect would
-            # give the caller silence, so the caller goes to the fallback, loudly.
-            call_log.error("bad_dialect", error=str(exc))
-            dialect = create_dialect(s.dialect, info, self._format.sample_rate)
-            reject = reject or f"unknown dialect {dialect_name!r}"
-        call = Call(
+        dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)
+        if transport not in TRANSPORTS:
+            call_log.error("bad_transport", transport=transport)
+            transport = s.transport  # for the leg object only: the call is rejected
+        call = self._call(
             ids=ids,
             caller=caller,
             bot_url=bot_url,
-            app=s.app,
-            audio_format=self._format,
-            tx_format=self._tx_format,
             rest=self.rest,
-            leg_factory=lambda c: self._make_leg(c, call_log),
+            leg_factory=lambda c: self.media.leg(transport, c, call_log),
             dialect=dialect,
             info=info,
+            log=call_log,
+            reject=reject,
+        )
+        self._register(call, transport, reject)
+        if not reject:
+            self._by_channel[ids.media_channel_id] = call
+            self._by_bridge[ids.bridge_id] = call
+        call.start()
+
+    def _dialect_for(
+        self, name: str, info: CallInfo, call_log: Any, reject: str
+    ) -> tuple[BotDialect, str]:
+        try:
+            return create_dialect(name, info, self._rate), reject
+        except ConfigError as exc:
+            # A typo in the dialplan's arguments: speaking the wrong dialect would give the
+            # caller silence, so the caller goes to the fallback, loudly.
+            call_log.error("bad_dialect", error=str(exc))
+            dialect = create_dialect(self.settings.dialect, info, self._rate)
+            return dialect, reject or f"unknown dialect {name!r}"
+
+    def _call(self, **kwargs: Any) -> Call:
+        s = self.settings
+        return Call(
+            app=s.app,
             bot_connect_timeout=s.bot_connect_timeout,
             setup_timeout=s.setup_timeout,
             on_finished=self._call_finished,
-            log=call_log,
             fallback=self._fallback,
-            reject=reject,
             bot_options={
                 "stall_timeout": s.bot_stall_timeout,
                 "ca_file": s.bot_ca_file,
                 "headers": s.bot_headers,
             },
+            **kwargs,
         )
-        self.calls[call_id] = call
-        self._by_channel[ids.caller_id] = call
+
+    def _register(self, call: Call, transport: str, reject: str) -> None:
+        self.calls[call.ids.call_id] = call
+        if call.ids.caller_id:
+            self._by_channel[call.ids.caller_id] = call
         if reject:
             self.calls_rejected += 1
         else:
-            self._active.add(call_id)
-            self._by_channel[ids.media_channel_id] = call
-            self._by_bridge[ids.bridge_id] = call
+            self._active[call.ids.call_id] = transport
             self.calls_total += 1
         self.all_idle.clear()
-        call.start()
 
-    def _make_leg(self, call: Call, call_log: Any) -> RtpLeg:
+    # ---- calls from the dialplan alone (no ARI) ---------------------------------------
+
+    def _dialplan_audiosocket_call(self, uuid_: Any, leg: MediaLeg) -> Call:
+        # AudioSocket carries nothing but the UUID: no caller number, no extension.
+        return self._dialplan_call(leg, "audiosocket", channel_id="", values={}, params={
+            "audiosocket_uuid": str(uuid_)})
+
+    def _dialplan_websocket_call(self, leg: Any, params: dict[str, str], media_start: Any) -> Call:
+        values = {"caller": params.get("from", ""), "called": params.get("to", "")}
+        return self._dialplan_call(leg, "websocket", channel_id=leg.channel_id or "",
+                                   values=values, params=params)  # fmt: skip
+
+    def _dialplan_call(
+        self,
+        leg: MediaLeg,
+        transport: str,
+        *,
+        channel_id: str,
+        values: dict[str, str],
+        params: dict[str, str],
+    ) -> Call:
         s = self.settings
-        return RtpLeg(
-            events=call,
-            host=s.rtp_host,
-            pool=self.pool,
-            ticker=self.ticker,
-            audio_format=self._format,
-            asterisk_host=s.ari_host,
-            tx_format=self._tx_format,
-            max_queue_ms=s.max_queue_ms,
-            silence_fill=s.silence_fill,
-            caller_silence_fill=s.caller_silence_fill,
-            playout_reserve_ms=s.playout_reserve_ms,
-            reorder_window_ms=s.reorder_window_ms,
-            log=call_log,
-        )
+        call_id = uuid.uuid4().hex
+        call_log = log.bind(call_id=call_id, channel_id=channel_id or None, transport=transport)
+        caller, called = values.get("caller", ""), values.get("called", "")
+        bot_name = params.get("bot")
+        template = dict(s.bot_map).get(bot_name, "") if bot_name else s.bot_url
+        reject = "" if template else f"unknown bot {bot_name!r} (not in --bot-map)"
+        if not reject and self.draining:
+            reject = "bridge draining"
+        elif not reject and s.max_calls and len(self._active) >= s.max_calls:
+            reject = "max calls reached"
+        url_values = {"call_id": call_id, "channel_id": channel_id, "caller": caller,
+                      "called": called}  # fmt: skip
+        bot_url, dialect_name = resolve_bot(template or s.bot_url, s.dialect,
+                                            [f"dialect={params['dialect']}"]
+                                            if params.get("dialect") else [], url_values)
+        custom = {k: v for k, v in params.items() if k not in ("bot", "dialect")}
+        info = CallInfo(call_id, channel_id, caller, called, custom)
+        dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)
+        ids = CallIds(call_id=call_id, caller_id="", bridge_id="", media_channel_id="")
+        call = self._call(ids=ids, caller=None, bot_url=bot_url, rest=None,
+                          leg_factory=lambda _c: leg, dialect=dialect, info=info,
+                          log=call_log, reject=reject)  # fmt: skip
+        self._register(call, transport, reject)
+        call.start()
+        return call
 
     def _background(self, coro: Any, what: str) -> None:
         async def run() -> None:
@@ -372,7 +441,7 @@ class Controller:
         if call.machine.bridge_unsure:
             self._background(self._late_bridge_delete(call.ids.bridge_id), "late bridge delete")
         self.calls.pop(call.ids.call_id, None)
-        self._active.discard(call.ids.call_id)
+        self._active.pop(call.ids.call_id, None)
         for channel_id in (call.ids.caller_id, call.ids.media_channel_id):
             if self._by_channel.get(channel_id) is call:
                 del self._by_channel[channel_id]
@@ -380,6 +449,11 @@ class Controller:
             del self._by_bridge[call.ids.bridge_id]
         if not self.calls:
             self.all_idle.set()
+
+
+def _address(listener: Any) -> str | None:
+    address = getattr(listener, "address", None)
+    return f"{address[0]}:{address[1]}" if address else None
 
 
 def _is_wildcard(host: str) -> bool:

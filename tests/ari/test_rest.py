@@ -201,10 +201,18 @@ async def test_create_bridge(asterisk: FakeAsterisk, client: AriRestClient) -> N
     )
 
 
+RTP_PARAMS = {
+    "format": "ulaw",
+    "encapsulation": "rtp",
+    "transport": "udp",
+    "external_host": "127.0.0.1:31000",
+}
+
+
 async def test_create_external_media(asterisk: FakeAsterisk, client: AriRestClient) -> None:
     asterisk.routes[("POST", "/ari/channels/externalMedia")] = MEDIA_CREATED
     channel = await client.create_external_media(
-        channel_id=MEDIA_ID, app="pipecat", external_host="127.0.0.1:31000", fmt="ulaw"
+        channel_id=MEDIA_ID, app="pipecat", params=RTP_PARAMS
     )
     assert channel == Channel(
         id=MEDIA_ID,
@@ -409,7 +417,7 @@ async def test_2xx_that_is_not_a_channel(asterisk: FakeAsterisk, client: AriRest
     asterisk.routes[("POST", "/ari/channels/externalMedia")] = Answer(200, "OK", "{}", JSON)
     with pytest.raises(AriHttpError, match="unexpected answer: channel has no id") as info:
         await client.create_external_media(
-            channel_id=MEDIA_ID, app="pipecat", external_host="127.0.0.1:31000", fmt="ulaw"
+            channel_id=MEDIA_ID, app="pipecat", params=RTP_PARAMS
         )
     assert info.value.status == 200
 
@@ -485,7 +493,7 @@ async def test_external_media_is_not_retried(asterisk: FakeAsterisk, client: Ari
     asterisk.drop = 1
     with pytest.raises(AriUnavailableError):
         await client.create_external_media(
-            channel_id=MEDIA_ID, app="pipecat", external_host="127.0.0.1:31000", fmt="ulaw"
+            channel_id=MEDIA_ID, app="pipecat", params=RTP_PARAMS
         )
     assert len(asterisk.seen) == 1
 

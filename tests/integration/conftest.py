@@ -35,6 +35,9 @@ def settings_for(sim: SimulatedAsterisk, echo_bot_url: str, **overrides: object)
         "bot_url": echo_bot_url,
         "rtp_host": "127.0.0.1",
         "rtp_ports": (31000, 31199),
+        # Port 0: a fresh port per test, so a listener still closing never blocks the next.
+        "audiosocket_listen": "127.0.0.1:0",
+        "websocket_listen": "127.0.0.1:0",
         "log_level": "warning",
     }
     base.update(overrides)

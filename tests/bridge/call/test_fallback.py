@@ -27,7 +27,7 @@ from bridge.call.commands import (
     PlaySound,
 )
 from bridge.call.machine import PLAYBACK_CAP, CallState, Fallback
-from tests.bridge.call.test_machine import Harness
+from tests.bridge.call.test_machine import EM_PARAMS, Harness
 
 HUMANS = Fallback("continue", "humans", "100", 2)
 HUMANS_WITH_SOUND = Fallback("continue", "humans", "100", 2, sound="sound:sorry")
@@ -97,7 +97,7 @@ def test_continue_waits_for_the_bridge_to_be_gone_then_hands_the_caller_over() -
     h.done(cont)
     assert h.machine.state is CallState.ENDING  # the bound media leg is still to close
     open_media = next(c for c in h.log if isinstance(c, OpenMedia))
-    h.done(open_media, "127.0.0.1:31000")
+    h.done(open_media, EM_PARAMS)
     (close,) = h.take()
     assert isinstance(close, CloseMedia)
     h.done(close)
@@ -225,7 +225,7 @@ def test_setup_timeout_uses_the_fallback() -> None:
     assert any(isinstance(c, CloseBot) for c in out)
     assert h.machine.used_fallback
     for cmd in (open_media, bridge):
-        h.done(cmd, "127.0.0.1:31000" if isinstance(cmd, OpenMedia) else None)
+        h.done(cmd, EM_PARAMS if isinstance(cmd, OpenMedia) else None)
     out = h.take()
     (delete,) = [c for c in out if isinstance(c, DeleteBridge)]
     answer_all(

@@ -34,6 +34,14 @@ from bridge.call.commands import (
 from bridge.call.machine import TRANSITIONS, CallIds, CallMachine, CallState
 from tests.recordings import raw_events, rest_exchanges
 
+# What an RTP leg answers OpenMedia with: the ExternalMedia parameters that reach it.
+EM_PARAMS = {
+    "format": "ulaw",
+    "encapsulation": "rtp",
+    "transport": "udp",
+    "external_host": "127.0.0.1:31000",
+}
+
 
 class Harness:
     """Feeds one recorded scenario into a machine, answering its commands on demand."""
@@ -91,7 +99,7 @@ class Harness:
 
     def setup_to_up(self) -> None:
         open_media, bridge, bot = self.answered()
-        self.done(open_media, "127.0.0.1:31000")
+        self.done(open_media, EM_PARAMS)
         (create_em,) = self.take()
         self.done(bridge)
         self.done(create_em, self.em_channel)
@@ -117,10 +125,11 @@ def test_setup_emits_rest_calls_in_recorded_order() -> None:
     assert isinstance(open_media, OpenMedia)
     assert isinstance(bridge, CreateBridge) and bridge.bridge_id == "pcb-br-c1"
     assert isinstance(bot, ConnectBot) and bot.url == "ws://bot/ws"
-    h.done(open_media, "127.0.0.1:31000")
+    h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
     assert isinstance(create_em, CreateExternalMedia)
-    assert (create_em.channel_id, create_em.external_host) == ("pcb-em-c1", "127.0.0.1:31000")
+    assert create_em.channel_id == "pcb-em-c1"
+    assert dict(create_em.params) == EM_PARAMS
     h.done(bridge)
     h.done(create_em, h.em_channel)
     (start,) = h.take()
@@ -141,7 +150,7 @@ def test_setup_emits_rest_calls_in_recorded_order() -> None:
 def test_media_stasis_start_before_rest_response_still_bridges_once() -> None:
     h = Harness("concurrent")
     open_media, bridge, _bot = h.answered()
-    h.done(open_media, "127.0.0.1:31000")
+    h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
     h.done(bridge)
     h.media_stasis_start()  # before the externalMedia response: seen 3 times in 5 (facts §1)
@@ -213,7 +222,7 @@ def test_hangup_while_bridge_creation_in_flight_deletes_it_when_it_lands() -> No
     assert h.take() == []
     h.done(bridge)  # the bridge now exists: delete it
     assert types(h.take()) == [DeleteBridge]
-    h.done(open_media, "127.0.0.1:31000")  # the socket bound late: close it, create nothing
+    h.done(open_media, EM_PARAMS)  # the socket bound late: close it, create nothing
     (close,) = h.take()
     assert isinstance(close, CloseMedia)
     h.done(close)
@@ -223,7 +232,7 @@ def test_hangup_while_bridge_creation_in_flight_deletes_it_when_it_lands() -> No
 def test_failed_external_media_rolls_back_and_hangs_up() -> None:
     h = Harness()
     open_media, bridge, _bot = h.answered()
-    h.done(open_media, "127.0.0.1:31000")
+    h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
     h.done(bridge)
     h.machine.handle(BotConnected())
@@ -299,7 +308,7 @@ def test_bot_that_says_goodbye_during_setup_is_still_heard() -> None:
     h.machine.handle(BotConnected())
     h.machine.handle(BotClosed(1000, ""))  # queued its audio and left before the bridge was up
     assert h.machine.state is CallState.SETUP
-    h.done(open_media, "127.0.0.1:31000")
+    h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
     h.done(bridge)
     h.done(create_em, h.em_channel)

@@ -163,15 +163,49 @@ def test_directory_as_password_file_is_a_config_error(tmp_path: Path) -> None:
         parse_settings(["run", "--ari-password-file", str(tmp_path)], {})
 
 
-def test_no_password_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="no ARI password"):
-        parse_settings(["run"], {})
+NO_LISTENERS = ["--audiosocket-listen", "", "--websocket-listen", ""]
+
+
+def test_no_password_and_no_listener_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no ARI password and no dialplan listener"):
+        parse_settings(["run", *NO_LISTENERS], {})
+
+
+def test_no_password_serves_dialplan_calls_only() -> None:
+    got = parse_settings(["run"], {})
+    assert not got.ari_enabled
+    assert (got.audiosocket_listen, got.websocket_listen) == ("127.0.0.1:9092", "127.0.0.1:9093")
 
 
 def test_empty_password_file_is_no_password(tmp_path: Path) -> None:
     secret = secret_file(tmp_path, "\n")
     with pytest.raises(ConfigError, match="no ARI password"):
-        parse_settings(["run", "--ari-password-file", str(secret)], {})
+        parse_settings(["run", "--ari-password-file", str(secret), *NO_LISTENERS], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--transport", "sip"], "--transport must be one of rtp, audiosocket, websocket"),
+        (["--format", "slin"], "--format slin is for audiosocket and websocket"),
+        (["--transport", "audiosocket", "--audiosocket-listen", ""], "needs --audiosocket-listen"),
+        (["--audiosocket-listen", "9092"], "--audiosocket-listen must be HOST:PORT"),
+        (["--websocket-listen", "h:99999"], "--websocket-listen must be HOST:PORT"),
+        (["--websocket-control", "xml"], "--websocket-control must be one of plain, json"),
+        (["--bot-map", "sales=http://x"], "--bot-map entries are NAME=ws://"),
+    ],
+)
+def test_bad_transport_settings_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(["run", "--ari-password", "pw", *argv], {})
+
+
+def test_transport_settings_from_flags_and_environment() -> None:
+    env = {"BRIDGE_TRANSPORT": "websocket", "BRIDGE_BOT_MAP": "sales=ws://a/x,support=wss://b/y"}
+    got = parse_settings(["run", "--ari-password", "pw", "--format", "slin16",
+                          "--websocket-control", "json"], env)  # fmt: skip
+    assert (got.transport, got.format, got.websocket_control) == ("websocket", "slin16", "json")
+    assert got.bot_map == (("sales", "ws://a/x"), ("support", "wss://b/y"))
 
 
 # ---- silence fill ------------------------------------------------------------------------
@@ -246,7 +280,7 @@ def test_port_range_without_an_even_port_is_a_config_error() -> None:
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
-        (("--format", "g722"), "--format must be one of ulaw, alaw, slin16"),
+        (("--format", "g722"), "--format must be one of ulaw, alaw, slin, slin16"),
         (("--dialect", "plivo"), "--dialect must be one of twilio, exotel, vonage"),
         (("--fallback", "transfer"), "--fallback must be one of hangup, continue"),
         (("--fallback", "continue"), "--fallback continue needs --fallback-context"),
@@ -278,7 +312,7 @@ def test_bad_values_are_config_errors(flags: tuple[str, str], match: str) -> Non
 
 
 def test_bad_value_from_environment_is_a_config_error() -> None:
-    assert_config_error("--format must be one of ulaw, alaw, slin16", BRIDGE_FORMAT="g729")
+    assert_config_error("--format must be one of ulaw, alaw, slin, slin16", BRIDGE_FORMAT="g729")
 
 
 # ---- the ARI URL, with or without /ari ---------------------------------------------------
@@ -338,12 +372,12 @@ def test_cli_config_error_exits_2_with_a_message_and_no_traceback(
     assert main(["run", "--ari-password", "x", "--format", "g729"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "pipecat-bridge: --format must be one of ulaw, alaw, slin16\n"
+    assert err == "pipecat-bridge: --format must be one of ulaw, alaw, slin, slin16\n"
 
 
 @pytest.mark.usefixtures("clean_environ")
 def test_cli_missing_password_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run"]) == 2
+    assert main(["run", "--audiosocket-listen", "", "--websocket-listen", ""]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pipecat-bridge: no ARI password")
     assert "Traceback" not in err

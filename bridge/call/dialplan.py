@@ -1,0 +1,187 @@
+"""The state machine of a call from the dialplan alone: pure, no I/O, `now` passed in.
+
+Theory of operation
+-------------------
+Asterisk brought the media to us (`AudioSocket()`, `Dial(AudioSocket/...)` or
+`Dial(WebSocket/...)` connecting to one of our listeners): the caller is answered and the
+media leg is already up when the call starts, and there is no ARI channel or bridge to create
+or delete. So the call connects its bot, relays until one side ends, and closes the leg.
+
+- The caller hangs up: Asterisk closes the media stream (`MediaEnded`).
+- The bot ends normally (1000): what it queued plays out, then the leg hangs up (AudioSocket
+  0x00, chan_websocket HANGUP).
+- The bot fails, or set-up times out: the fallback is the dialplan's own next priority, so
+  the leg is closed *without* a hang-up: `AudioSocket()` returns and the dialplan goes on by
+  itself; `Dial(...,g)` continues the same way.
+- DTMF comes in the media stream itself (`MediaDtmf`).
+
+    SETUP --bot connected--> UP --bot closed normally--> DRAINING
+      |                       |                             |
+      +------ any end --------+--------- any end -----------+--> ENDING --> ENDED
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ari.events import AriEvent
+from bridge.call.commands import (
+    BotClosed,
+    BotConnected,
+    CloseBot,
+    CloseMedia,
+    Command,
+    CommandDone,
+    CommandFailed,
+    ConnectBot,
+    DrainPlayout,
+    Finished,
+    HangupRequested,
+    MediaDtmf,
+    MediaEnded,
+    MediaFailed,
+    PlayoutDrained,
+    SendDtmf,
+)
+from bridge.call.machine import CallState, Fallback, MachineInput
+from bridge.errors import CallStateError
+
+
+class _Res(enum.Enum):
+    UP = "up"
+    CREATING = "creating"
+    DELETING = "deleting"
+    GONE = "gone"
+
+
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.SETUP: frozenset({CallState.UP, CallState.ENDING}),
+    CallState.UP: frozenset({CallState.DRAINING, CallState.ENDING}),
+    CallState.DRAINING: frozenset({CallState.ENDING}),
+    CallState.ENDING: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+class DialplanCallMachine:
+    # Read by the runner and the controller like CallMachine's.
+    bridge_unsure = False
+
+    def __init__(
+        self, call_id: str, bot_url: str, now: float, setup_timeout: float, *, reject: str = ""
+    ) -> None:
+        self.call_id = call_id
+        self.bot_url = bot_url
+        self.state = CallState.SETUP
+        self.end_reason = ""
+        # The caller's way out is the dialplan's next priority, whatever --fallback says.
+        self.fallback = Fallback("hangup")
+        self.used_fallback = False
+        self._setup_deadline = now + setup_timeout
+        self._out: list[Command] = []
+        self._pending: set[Command] = set()
+        self._bot = _Res.CREATING
+        self._leg = _Res.UP
+        if reject:
+            self._end(reject, fallback=True)
+        else:
+            self._emit(ConnectBot(bot_url))
+
+    # ---- the runner's API (as CallMachine's) --------------------------------------------
+
+    def commands_to_send(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    def next_timer(self) -> float | None:
+        return self._setup_deadline if self.state is CallState.SETUP else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is CallState.SETUP and now >= self._setup_deadline:
+            self._end("setup timed out", fallback=True)
+
+    def handle(self, event: MachineInput | AriEvent) -> None:
+        if self.state is CallState.ENDED:
+            return
+        if isinstance(event, CommandDone | CommandFailed):
+            self._answered(event.command, failed=isinstance(event, CommandFailed))
+        elif isinstance(event, BotConnected):
+            if self._bot is _Res.CREATING:
+                self._bot = _Res.UP
+                self._goto(CallState.UP)
+        elif isinstance(event, BotClosed):
+            self._on_bot_closed(event)
+        elif isinstance(event, MediaDtmf):
+            if self._bot is _Res.UP:
+                self._emit(SendDtmf(event.digit))
+        elif isinstance(event, MediaEnded):
+            self._leg = _Res.GONE
+            self._end("caller hung up")
+        elif isinstance(event, MediaFailed):
+            self._end(f"media failed: {event.reason}", fallback=True)
+        elif isinstance(event, PlayoutDrained):
+            if self.state is CallState.DRAINING:
+                self._end("bot ended the call")
+        elif isinstance(event, HangupRequested):
+            self._end(event.reason, fallback=event.fallback)
+        # ARI events never concern a dialplan call.
+
+    # ---- transitions --------------------------------------------------------------------
+
+    def _answered(self, cmd: Command, *, failed: bool) -> None:
+        self._pending.discard(cmd)
+        if isinstance(cmd, ConnectBot) and failed:
+            self._bot = _Res.GONE
+            self._end("ConnectBot failed", fallback=True)
+        elif isinstance(cmd, CloseBot):
+            self._bot = _Res.GONE
+        elif isinstance(cmd, CloseMedia):
+            self._leg = _Res.GONE
+        self._maybe_finish()
+
+    def _on_bot_closed(self, event: BotClosed) -> None:
+        was_up = self._bot is _Res.UP
+        self._bot = _Res.GONE
+        if was_up and event.code == 1000 and self.state is CallState.UP:
+            self._goto(CallState.DRAINING)
+            self._emit(DrainPlayout())
+        elif self.state in (CallState.SETUP, CallState.UP):
+            self._end(
+                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(), fallback=True
+            )
+        self._maybe_finish()
+
+    def _end(self, reason: str, *, fallback: bool = False) -> None:
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        self.end_reason = reason
+        self.used_fallback = fallback
+        self._goto(CallState.ENDING)
+        if self._bot in (_Res.UP, _Res.CREATING):
+            self._bot = _Res.DELETING
+            self._emit_teardown(CloseBot(send_stop=True))
+        if self._leg is _Res.UP:
+            self._leg = _Res.DELETING
+            # Hang up only when the call is really over; a fallback lets the dialplan go on.
+            self._emit_teardown(CloseMedia(hangup=not fallback))
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.state is not CallState.ENDING or self._pending:
+            return
+        if self._bot is _Res.DELETING or self._leg is _Res.DELETING:
+            return
+        self._goto(CallState.ENDED)
+        self._emit(Finished(self.end_reason))
+
+    def _emit(self, cmd: Command) -> None:
+        self._out.append(cmd)
+
+    def _emit_teardown(self, cmd: Command) -> None:
+        self._pending.add(cmd)
+        self._out.append(cmd)
+
+    def _goto(self, state: CallState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise CallStateError(f"call {self.call_id}: {self.state.name} -> {state.name}")
+        self.state = state
