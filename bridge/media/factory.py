@@ -24,8 +24,9 @@ from bridge.media.leg import MediaEvents, MediaLeg
 from bridge.media.ports import PortPool
 from bridge.media.rtp import RtpLeg
 from bridge.media.ticker import Ticker
-from bridge.media.websocket import DialplanCallback as WsDialplanCallback
-from bridge.media.websocket import WebSocketLeg, WebSocketMediaServer
+from bridge.media.websocket import WebSocketLeg
+from bridge.media.websocket_server import DialplanCallback as WsDialplanCallback
+from bridge.media.websocket_server import WebSocketMediaServer
 from rtp.formats import SLIN16, ULAW, format_by_name
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from ari.models import Channel
 from bridge.media.audiosocket import (
-    AudioSocketCore,
     AudioSocketLeg,
     AudioSocketListener,
     DialplanAudioSocketLeg,
@@ -30,6 +29,7 @@ from bridge.media.audiosocket_codec import (
     encode_hangup,
     encode_uuid,
 )
+from bridge.media.audiosocket_core import AudioSocketCore
 from bridge.media.ticker import Ticker
 from rtp.transcode import AudioSpec
 

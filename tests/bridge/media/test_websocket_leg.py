@@ -17,14 +17,10 @@ from websockets.exceptions import InvalidStatus
 
 from ari.models import Channel
 from bridge.media.ticker import Ticker
-from bridge.media.websocket import (
-    DialplanWebSocketLeg,
-    WebSocketLeg,
-    WebSocketMediaCore,
-    WebSocketMediaServer,
-    media_url,
-)
+from bridge.media.websocket import WebSocketLeg, media_url
 from bridge.media.websocket_control import MediaStart
+from bridge.media.websocket_core import WebSocketMediaCore
+from bridge.media.websocket_server import DialplanWebSocketLeg, WebSocketMediaServer
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "asterisk-23.4.1"
 
