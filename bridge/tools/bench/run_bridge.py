@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from bridge import cli
+from bridge.service import cli
 
 _GC_REPORT_S = 0.002
 
