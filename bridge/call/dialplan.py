@@ -80,11 +80,12 @@ class DialplanCallMachine:
         self._setup_deadline = now + setup_timeout
         self._out: list[Command] = []
         self._pending: set[Command] = set()
-        self._bot = _Res.CREATING
+        self._bot = _Res.GONE
         self._leg = _Res.UP
         if reject:
             self._end(reject, fallback=True)
         else:
+            self._bot = _Res.CREATING
             self._emit(ConnectBot(bot_url))
 
     # ---- the runner's API (as CallMachine's) --------------------------------------------
