@@ -26,12 +26,20 @@ from bridge.call.commands import (
     Finished,
     HangupChannel,
     HangupRequested,
+    MediaDtmf,
+    MediaEnded,
     OpenMedia,
     PlayoutDrained,
     SendDtmf,
     StartMedia,
 )
-from bridge.call.machine import TRANSITIONS, CallIds, CallMachine, CallState
+from bridge.call.machine import (
+    MEDIA_ENDED_GRACE,
+    TRANSITIONS,
+    CallIds,
+    CallMachine,
+    CallState,
+)
 from tests.recordings import raw_events, rest_exchanges
 
 # What an RTP leg answers OpenMedia with: the ExternalMedia parameters that reach it.
@@ -317,3 +325,29 @@ def test_bot_that_says_goodbye_during_setup_is_still_heard() -> None:
     h.done(add)
     assert types(h.take()) == [DrainPlayout]
     assert h.machine.state is CallState.DRAINING
+
+
+def test_media_stream_closing_ends_an_ari_call_only_if_no_event_explains_it() -> None:
+    h = Harness()
+    h.setup_to_up()
+    h.take()
+    h.now = 5.0
+    h.machine.handle(MediaEnded("asterisk closed the media socket"))
+    assert h.machine.state is CallState.UP  # the hang-up's events may be just behind
+    assert h.machine.next_timer() == 5.0 + MEDIA_ENDED_GRACE
+    h.machine.handle_timer(5.0 + MEDIA_ENDED_GRACE)
+    assert h.machine.state is CallState.ENDING
+    assert h.machine.end_reason == "media stream closed by Asterisk"
+    assert h.machine.used_fallback
+
+
+def test_media_stream_closing_with_the_callers_hangup_is_just_a_hangup() -> None:
+    h = Harness()
+    h.setup_to_up()
+    h.take()
+    h.machine.handle(MediaEnded("asterisk closed the media socket"))
+    h.machine.handle(MediaDtmf("5"))  # the ARI event carries the digit; this one is dropped
+    assert not any(isinstance(c, SendDtmf) for c in h.take())
+    h.event('"type":"StasisEnd"')
+    assert h.machine.end_reason == "caller hung up"
+    assert h.machine.next_timer() is None
