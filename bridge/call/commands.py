@@ -195,3 +195,23 @@ class HangupRequested:
     reason: str
     caller_gone: bool = False
     fallback: bool = False  # hand the caller to the fallback instead of hanging up
+
+
+class Outbox:
+    """What a call machine has asked for and not handed over yet, and the teardown commands
+    still unanswered: the plumbing both call machines share."""
+
+    def __init__(self) -> None:
+        self._out: list[Command] = []
+        self._pending: set[Command] = set()
+
+    def commands_to_send(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, cmd: Command) -> None:
+        self._out.append(cmd)
+
+    def _emit_teardown(self, cmd: Command) -> None:
+        self._pending.add(cmd)
+        self._out.append(cmd)

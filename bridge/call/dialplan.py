@@ -15,6 +15,8 @@ or delete. So the call connects its bot, relays until one side ends, and closes 
   itself; `Dial(...,g)` continues the same way.
 - DTMF comes in the media stream itself (`MediaDtmf`).
 
+The states and their transitions are the ARI machine's (`bridge.call.machine.TRANSITIONS`):
+
     SETUP --bot connected--> UP --bot closed normally--> DRAINING
       |                       |                             |
       +------ any end --------+--------- any end -----------+--> ENDING --> ENDED
@@ -40,10 +42,11 @@ from bridge.call.commands import (
     MediaDtmf,
     MediaEnded,
     MediaFailed,
+    Outbox,
     PlayoutDrained,
     SendDtmf,
 )
-from bridge.call.machine import CallState, Fallback, MachineInput
+from bridge.call.machine import TRANSITIONS, CallState, Fallback, MachineInput
 from bridge.errors import CallStateError
 
 
@@ -54,16 +57,7 @@ class _Res(enum.Enum):
     GONE = "gone"
 
 
-TRANSITIONS: dict[CallState, frozenset[CallState]] = {
-    CallState.SETUP: frozenset({CallState.UP, CallState.ENDING}),
-    CallState.UP: frozenset({CallState.DRAINING, CallState.ENDING}),
-    CallState.DRAINING: frozenset({CallState.ENDING}),
-    CallState.ENDING: frozenset({CallState.ENDED}),
-    CallState.ENDED: frozenset(),
-}
-
-
-class DialplanCallMachine:
+class DialplanCallMachine(Outbox):
     # Read by the runner and the controller like CallMachine's.
     bridge_unsure = False
 
@@ -78,8 +72,7 @@ class DialplanCallMachine:
         self.fallback = Fallback("hangup")
         self.used_fallback = False
         self._setup_deadline = now + setup_timeout
-        self._out: list[Command] = []
-        self._pending: set[Command] = set()
+        super().__init__()
         self._bot = _Res.GONE
         self._leg = _Res.UP
         if reject:
@@ -89,10 +82,6 @@ class DialplanCallMachine:
             self._emit(ConnectBot(bot_url))
 
     # ---- the runner's API (as CallMachine's) --------------------------------------------
-
-    def commands_to_send(self) -> list[Command]:
-        out, self._out = self._out, []
-        return out
 
     def next_timer(self) -> float | None:
         return self._setup_deadline if self.state is CallState.SETUP else None
@@ -174,13 +163,6 @@ class DialplanCallMachine:
             return
         self._goto(CallState.ENDED)
         self._emit(Finished(self.end_reason))
-
-    def _emit(self, cmd: Command) -> None:
-        self._out.append(cmd)
-
-    def _emit_teardown(self, cmd: Command) -> None:
-        self._pending.add(cmd)
-        self._out.append(cmd)
 
     def _goto(self, state: CallState) -> None:
         if state not in TRANSITIONS[self.state]:

@@ -62,6 +62,7 @@ from bridge.call.commands import (
     MediaEnded,
     MediaFailed,
     OpenMedia,
+    Outbox,
     PlayoutDrained,
     PlaySound,
     SendDtmf,
@@ -148,7 +149,7 @@ MachineInput = (
 MEDIA_ENDED_GRACE = 1.0
 
 
-class CallMachine:
+class CallMachine(Outbox):
     def __init__(
         self,
         ids: CallIds,
@@ -170,8 +171,7 @@ class CallMachine:
         self.state = CallState.SETUP
         self.end_reason = ""
         self._setup_deadline = now + setup_timeout
-        self._out: list[Command] = []
-        self._pending: set[Command] = set()  # teardown commands not yet answered
+        super().__init__()
         self.caller_res = Res.UP
         self.bridge_res = Res.NONE
         self.media_res = Res.NONE  # the ExternalMedia channel
@@ -203,10 +203,6 @@ class CallMachine:
             self._emit(Answer(ids.caller_id))
 
     # ---- public API -------------------------------------------------------------------
-
-    def commands_to_send(self) -> list[Command]:
-        out, self._out = self._out, []
-        return out
 
     def next_timer(self) -> float | None:
         pending = (self._playback_deadline, self._media_ended_deadline)
@@ -562,13 +558,6 @@ class CallMachine:
         self._emit(Finished(self.end_reason))
 
     # ---- plumbing -----------------------------------------------------------------------
-
-    def _emit(self, cmd: Command) -> None:
-        self._out.append(cmd)
-
-    def _emit_teardown(self, cmd: Command) -> None:
-        self._pending.add(cmd)
-        self._out.append(cmd)
 
     def _goto(self, state: CallState) -> None:
         if state not in TRANSITIONS[self.state]:
