@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# `make demo TRANSPORT=audiosocket|websocket`: the same call over another transport.
 demo: $(STAMP)
-	$(BIN)/python -m bridge.tools.demo
+	$(BIN)/python -m bridge.tools.demo $(if $(TRANSPORT),--transport $(TRANSPORT))
 
 # The bridge against a naive relay under the same load (a few minutes; `--quick`: ~30 s).
 bench: $(STAMP)

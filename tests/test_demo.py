@@ -18,3 +18,34 @@ async def test_demo_call_runs_clean(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "echo round trip" in out
     assert (tmp_path / "echo.wav").stat().st_size > 44
     assert (tmp_path / "caller.wav").stat().st_size > 44
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--transport", "audiosocket"], "Media (audiosocket, slin)"),
+        (["--transport", "websocket"], "Media (websocket, ulaw)"),
+        (["--transport", "audiosocket", "--dialplan"], "Media (audiosocket, slin)"),
+        (["--transport", "websocket", "--dialplan"], "Media (websocket, ulaw)"),
+        (["--transport", "audiosocket", "--format", "slin16"], "echo delay"),
+    ],
+    ids=["audiosocket", "websocket", "audiosocket-dialplan", "websocket-dialplan",
+         "audiosocket-slin16"],
+)
+async def test_demo_call_runs_clean_on_each_transport(
+    argv: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _parse_args([*argv, "--bot-hangs-up-after", "1.5", "--out", str(tmp_path)])
+    assert await _demo(args) == 0
+    out = capsys.readouterr().out
+    assert "Demo OK" in out
+    assert "Left behind: nothing" in out
+    assert named in out
+    assert (tmp_path / "echo.wav").stat().st_size > 44
+
+
+def test_demo_refuses_what_it_cannot_show() -> None:
+    with pytest.raises(SystemExit):
+        _parse_args(["--dialplan"])  # RTP needs ARI
+    with pytest.raises(SystemExit):
+        _parse_args(["--transport", "audiosocket", "--format", "ulaw"])
