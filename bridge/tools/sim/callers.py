@@ -44,8 +44,12 @@ class AsteriskCallers(AsteriskResources):
         audio_start: float | None = None,
         hangup_after: float | None = None,
         echo: bool | None = None,
+        audio_format: str = "ulaw",
     ) -> SimCall:
         """A call from the dialplan into Stasis: its StasisStart goes out now.
+
+        `audio` replaces the recorded caller audio: µ-law, or 16 kHz big-endian signed linear
+        with `audio_format="slin16"` (see `build_timeline`).
 
         Raises StasisAppNotActive when no events socket is connected for the app: the real
         `Stasis()` fails at once and no event is ever sent for that call (facts §16).
@@ -53,7 +57,8 @@ class AsteriskCallers(AsteriskResources):
         if not self.app_active:
             raise StasisAppNotActive(f"Stasis app '{self.app}' not active")
         call, caller = self._new_caller(scenario, args, caller_number, caller_name, exten,
-                                        audio, audio_start, hangup_after, echo)  # fmt: skip
+                                        audio, audio_start, hangup_after, echo,
+                                        audio_format)  # fmt: skip
         self._emit("StasisStart", caller, args=call.args)
         return call
 
@@ -92,6 +97,7 @@ class AsteriskCallers(AsteriskResources):
         audio_start: float | None,
         hangup_after: float | None,
         echo: bool | None,
+        audio_format: str = "ulaw",
     ) -> tuple[SimCall, SimChannel]:
         """A caller (`Local/...;1`, in Stasis) and its far half (`;2`), shaped like `scenario`."""
         script = self._script(scenario)
@@ -118,7 +124,8 @@ class AsteriskCallers(AsteriskResources):
             dialplan=("caller", local.split("/")[1].split("@")[0], 2, "Playback", "demo-congrats"),
         )  # fmt: skip
         use_echo = script.echo if echo is None else echo
-        timeline = build_timeline(script, self._rng, audio, audio_start, hangup_after, use_echo)
+        timeline = build_timeline(script, self._rng, audio, audio_start, hangup_after, use_echo,
+                                  audio_format)
         call = SimCall(self._running_loop(), scenario, caller.id, caller.name, call_args, use_echo,
                        timeline)  # fmt: skip
         caller.call = half.call = call

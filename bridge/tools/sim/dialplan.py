@@ -186,10 +186,12 @@ class AsteriskDialplan(AsteriskCallers):
         self._dialplan_active: set[DialplanCall] = set()
 
     def _far_end(self, channel_id: str, label: str, scenario: str, echo: bool | None,
-                 hangup_after: float | None) -> SimCall:  # fmt: skip
+                 hangup_after: float | None, audio: bytes | None = None,
+                 audio_format: str = "ulaw") -> SimCall:  # fmt: skip
         script = self._script(scenario)
         use_echo = script.echo if echo is None else echo
-        timeline = build_timeline(script, self._rng, None, None, hangup_after, use_echo)
+        timeline = build_timeline(script, self._rng, audio, None, hangup_after, use_echo,
+                                  audio_format)  # fmt: skip
         return SimCall(self._running_loop(), scenario, channel_id, label, [], use_echo, timeline)
 
     def _track(self, call: DialplanCall) -> None:
@@ -218,8 +220,13 @@ class AsteriskDialplan(AsteriskCallers):
         echo: bool | None = None,
         hangup_after: float | None = None,
         continue_on_hangup: bool = False,
+        audio: bytes | None = None,
+        audio_format: str = "ulaw",
     ) -> DialplanAudioSocketCall:
-        """The dialplan runs AudioSocket() (`application=True`) or Dial(AudioSocket/...)."""
+        """The dialplan runs AudioSocket() (`application=True`) or Dial(AudioSocket/...).
+
+        `audio`, `audio_format`: the caller's audio instead of the recorded one, as for
+        `place_call`."""
         loop = self._running_loop()
         call_uuid = uuid or str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
         host = f"{address[0]}:{address[1]}"
@@ -228,7 +235,8 @@ class AsteriskDialplan(AsteriskCallers):
         label = f"AudioSocket/{host}-{call_uuid}"
         call = DialplanAudioSocketCall(loop, label, channel_id, fmt,
                                        self._far_end(channel_id, label, scenario, echo,
-                                                     hangup_after))  # fmt: skip
+                                                     hangup_after, audio,
+                                                     audio_format))  # fmt: skip
         call.uuid, call.application = call_uuid, application
         call.continue_on_hangup = application or continue_on_hangup
         self._track(call)
@@ -260,12 +268,15 @@ class AsteriskDialplan(AsteriskCallers):
         echo: bool | None = None,
         hangup_after: float | None = None,
         continue_on_hangup: bool = False,
+        audio: bytes | None = None,
+        audio_format: str = "ulaw",
     ) -> DialplanWebSocketCall:
         """`Dial(WebSocket/<endpoint>/c(fmt)[f(json)]v(...))` towards `url` (the entry's URI).
 
         `inherited`: the caller's `__VARS` (name with its prefix), listed in MEDIA_START's
-        `channel_variables` after the channel's own two (JSON only). Returns once MEDIA_START
-        is queued (or the connection failed: `ended` is "connect_failed").
+        `channel_variables` after the channel's own two (JSON only). `audio`, `audio_format`:
+        as for `place_call`. Returns once MEDIA_START is queued (or the connection failed:
+        `ended` is "connect_failed").
         """
         codec = CODECS.get(fmt)
         if codec is None:
@@ -277,7 +288,8 @@ class AsteriskDialplan(AsteriskCallers):
         target = f"{url}{'&' if '?' in url else '?'}{params}" if params else url
         call = DialplanWebSocketCall(loop, name, channel_id, fmt,
                                      self._far_end(channel_id, name, scenario, echo,
-                                                   hangup_after))  # fmt: skip
+                                                   hangup_after, audio,
+                                                   audio_format))  # fmt: skip
         call.url, call.continue_on_hangup = target, continue_on_hangup
         self._track(call)
         own = {"MEDIA_WEBSOCKET_CONNECTION_ID": endpoint,

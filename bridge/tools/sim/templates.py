@@ -392,19 +392,23 @@ def build_timeline(
     audio_start: float | None = None,
     hangup_after: float | None = None,
     echo: bool = False,
+    audio_format: str = "ulaw",
 ) -> list[TimelineItem]:
     """What the far end does after the bridged moment, in time order.
 
-    Inbound RTP is the recorded packets (exact bytes and offsets) or, with `audio` (µ-law),
-    the same header stream as Asterisk's carrying that audio, every 20 ms from `audio_start`
-    (default: when the recording's first inbound packet came, else 20 ms). An echoing far end
-    sends nothing of its own. The hang-up is `hangup_after`, else the recorded caller hang-up.
+    Inbound RTP is the recorded packets (exact bytes and offsets) or, with `audio`, the same
+    header stream as Asterisk's carrying that audio, every 20 ms from `audio_start` (default:
+    when the recording's first inbound packet came, else 20 ms). `audio` is µ-law, or with
+    `audio_format="slin16"` 16 kHz signed linear big-endian (PT 118, as Asterisk sends it), so a
+    wideband caller can be played. An echoing far end sends nothing of its own. The hang-up is
+    `hangup_after`, else the recorded caller hang-up.
     """
     items: list[TimelineItem] = []
     if audio is not None:
         first = script.inbound_rtp[0][0] if script.inbound_rtp else 0.02
         start = first if audio_start is None else audio_start
-        packets = rtp_stream(ULAW, audio, ssrc=rng.getrandbits(32), first_seq=rng.getrandbits(16))
+        shape = {"ulaw": ULAW, "alaw": ALAW, "slin16": SLIN16}[audio_format]
+        packets = rtp_stream(shape, audio, ssrc=rng.getrandbits(32), first_seq=rng.getrandbits(16))
         items += [(start + 0.020 * index, "rtp", packet) for index, packet in enumerate(packets)]
     elif not echo:
         items += [(offset, "rtp", packet) for offset, packet in script.inbound_rtp]
