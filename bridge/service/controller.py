@@ -81,6 +81,7 @@ class Controller:
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.resyncs = 0
         self.resynced = asyncio.Event()
+        self.listening = asyncio.Event()  # the media listeners are bound (run() started)
         self.all_idle = asyncio.Event()
         self.all_idle.set()
 
@@ -93,6 +94,7 @@ class Controller:
             await self.media.start()
         except OSError as exc:
             raise ConfigError(f"cannot listen for media: {exc.strerror or exc}") from None
+        self.listening.set()
         log.info(
             "bridge_starting",
             ari_url=s.ari_url if s.ari_enabled else None,
