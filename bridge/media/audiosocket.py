@@ -179,7 +179,8 @@ class AudioSocketLeg:
         return {"audiosocket_peer": self.peer, "audiosocket_rate": self.core.wire_rate}
 
     def stats(self) -> dict[str, int]:
-        return self.core.stats()
+        # A dialplan leg whose call was refused is closed before it was ever bound.
+        return self.core.stats() if self._events is not None else {}
 
     # ---- the connection (called by the listener's AudioSocketConnection) ----------------
 

@@ -376,12 +376,14 @@ class Controller:
 
     # ---- calls from the dialplan alone (no ARI) ---------------------------------------
 
-    def _dialplan_audiosocket_call(self, uuid_: Any, leg: MediaLeg) -> Call:
+    def _dialplan_audiosocket_call(self, uuid_: Any, leg: MediaLeg) -> Call | None:
         # AudioSocket carries nothing but the UUID: no caller number, no extension.
         return self._dialplan_call(leg, "audiosocket", channel_id="", values={}, params={
             "audiosocket_uuid": str(uuid_)})
 
-    def _dialplan_websocket_call(self, leg: Any, params: dict[str, str], media_start: Any) -> Call:
+    def _dialplan_websocket_call(
+        self, leg: Any, params: dict[str, str], media_start: Any
+    ) -> Call | None:
         values = {"caller": params.get("from", ""), "called": params.get("to", "")}
         return self._dialplan_call(leg, "websocket", channel_id=leg.channel_id or "",
                                    values=values, params=params)  # fmt: skip
@@ -394,7 +396,9 @@ class Controller:
         channel_id: str,
         values: dict[str, str],
         params: dict[str, str],
-    ) -> Call:
+    ) -> Call | None:
+        """The new call, or None when it was refused (its start ended it): the listener then
+        closes the connection without a hang-up, so the dialplan goes on."""
         s = self.settings
         call_id = uuid.uuid4().hex
         call_log = log.bind(call_id=call_id, channel_id=channel_id or None, transport=transport)
@@ -420,7 +424,8 @@ class Controller:
                           log=call_log, reject=reject)  # fmt: skip
         self._register(call, transport, reject)
         call.start()
-        return call
+        # A refused call is over already; the leg it never bound must not be served.
+        return None if call.finished.done() else call
 
     def _background(self, coro: Any, what: str) -> None:
         async def run() -> None:
