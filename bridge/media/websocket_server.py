@@ -35,6 +35,7 @@ class DialplanWebSocketLeg(WebSocketLeg):
     before closing. It reports to the events the `on_dialplan_call` callback returned."""
 
     hangup_on_close = True
+    on_closed: Callable[[], None] | None = None  # once, at close(): the call is over
 
     def __init__(
         self,
@@ -54,6 +55,12 @@ class DialplanWebSocketLeg(WebSocketLeg):
 
     def bind(self, events: MediaEvents) -> None:
         self._bind_core(events)
+
+    def close(self, *, hangup: bool | None = None) -> None:
+        super().close(hangup=hangup)
+        on_closed, self.on_closed = self.on_closed, None
+        if on_closed is not None:
+            on_closed()
 
     async def open(self) -> Mapping[str, str]:
         return {}
@@ -161,6 +168,9 @@ class WebSocketMediaServer:
         except ValueError as exc:
             return await self._reject(conn, str(exc), channel_id=channel_id)
         self.calls[channel_id] = leg
+        # Listed while its call is on: the call's end closes the leg, and its socket's closing
+        # handshake may take a moment more.
+        leg.on_closed = lambda: self._forget(channel_id, leg)
         try:
             events = self._on_dialplan_call(leg, params, start)
             if inspect.isawaitable(events):
@@ -178,8 +188,11 @@ class WebSocketMediaServer:
         try:
             await leg._serve(conn, first=text)
         finally:
-            if self.calls.get(channel_id) is leg:
-                del self.calls[channel_id]
+            self._forget(channel_id, leg)
+
+    def _forget(self, channel_id: str, leg: DialplanWebSocketLeg) -> None:
+        if self.calls.get(channel_id) is leg:
+            del self.calls[channel_id]
 
     async def _media_start(self, conn: ServerConnection) -> tuple[MediaStart | None, str | None]:
         try:
