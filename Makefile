@@ -19,8 +19,9 @@ demo: $(STAMP)
 	$(BIN)/python -m bridge.tools.demo $(if $(TRANSPORT),--transport $(TRANSPORT))
 
 # The bridge against a naive relay under the same load (a few minutes; `--quick`: ~30 s).
+# `make bench TRANSPORT=audiosocket|websocket`: the bridge alone over that transport.
 bench: $(STAMP)
-	$(BIN)/python -m bridge.tools.bench $(BENCH_ARGS)
+	$(BIN)/python -m bridge.tools.bench $(if $(TRANSPORT),--transport $(TRANSPORT)) $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

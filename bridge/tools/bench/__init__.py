@@ -18,6 +18,10 @@ leaves a raw py-spy profile of the relay's window next to the records). A run th
 measure what it claims (generator late, harness core saturated, other processes on the
 relay's core, calls not up, channels left behind) is flagged under its block of the table.
 
+`--transport audiosocket|websocket` (`make bench TRANSPORT=...`): rtpgen plays Asterisk's end of
+the bridge's AudioSocket or chan_websocket connections instead (the loadgen opens each one and
+hands it over); the naive relay is RTP-only, so its column says n/a.
+
 Modules: `rtpgen` (UDP), `loadgen` (ARI + calls), `echo_bot` (bot WebSocket server),
 `naive_relay` (the baseline), `procstat` (/proc), `report` (metrics, table), `__main__` (CLI).
 """

@@ -7,6 +7,10 @@ are turned into metrics (`report`). The bridge runs as `python -m bridge.service
 by BRIDGE_* variables, exactly as systemd runs it. After the fixed N, the largest N the
 bridge carries (every call up, zero loss, gap p99 <= 22 ms, echo bot) is searched for.
 Every child dies with this process (PR_SET_PDEATHSIG) and is stopped in `finally`.
+
+`--transport audiosocket|websocket`: the same load over the bridge's other transports (the
+generator plays Asterisk's end of the AudioSocket / chan_websocket connections, see
+`loadgen`, `rtpgen`). The naive relay speaks RTP only: its column says n/a.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ HARNESS_BUSY = 0.85  # of its core: above this the generator's numbers are suspe
 SATURATED = 0.9  # of its core: the relay is falling behind, not idling between packets
 FOREIGN_LIMIT = 0.05  # of the relay's core used by processes that are not the relay
 LATE_LIMIT_MS = 5.0  # generator tick lateness p99 above this: our input jitter is not 20 ms
+TRANSPORTS = ("rtp", "audiosocket", "websocket")
+RTP_ONLY = ("naive",)  # relays that cannot carry the other transports
 
 
 class HarnessError(RuntimeError):
@@ -127,7 +133,11 @@ class Bench:
             "BRIDGE_BOT_URL": bot, "BRIDGE_RTP_HOST": "127.0.0.1", "BRIDGE_RTP_PORTS": RTP_PORTS,
             "BRIDGE_LOG_LEVEL": "warning", "BRIDGE_LOG_FORMAT": "json",
             "BRIDGE_SETUP_TIMEOUT": "60", "BRIDGE_REST_TIMEOUT": "20",
+            "BRIDGE_TRANSPORT": self.args.transport,
+            "BRIDGE_AUDIOSOCKET_LISTEN": "127.0.0.1:0", "BRIDGE_WEBSOCKET_LISTEN": "127.0.0.1:0",
         })  # fmt: skip
+        if self.args.transport == "audiosocket":
+            env["BRIDGE_FORMAT"] = "slin"
         if relay == "bridge+uvloop":
             runner = "bridge.tools.bench.run_bridge"
             return [sys.executable, "-m", runner, "--loop", "uvloop", "run"], env
@@ -139,9 +149,12 @@ class Bench:
 
     def run(self, relay: str, calls: int, bot: str, seconds: float) -> RunResult:
         tag = f"{relay}-{bot}-{calls}"
+        if self.args.transport != "rtp":
+            tag = f"{relay}-{self.args.transport}-{bot}-{calls}"
         print(f"  {tag:28} ...", end="", flush=True, file=sys.stderr)
         started = time.monotonic()
-        result = RunResult(relay=relay, bot=bot, calls=calls, seconds=seconds)
+        result = RunResult(relay=relay, bot=bot, calls=calls, seconds=seconds,
+                           transport=self.args.transport)
         try:
             self._run(result, tag, seconds)
         except HarnessError as exc:
@@ -162,7 +175,7 @@ class Bench:
             [sys.executable, "-m", "bridge.tools.bench.loadgen", "--calls", str(result.calls),
              "--bot", result.bot, "--seconds", str(seconds), "--warmup", str(a.warmup),
              "--drain", str(drain), "--rate", str(a.rate), "--password", PASSWORD,
-             "--out", str(npz)],
+             "--transport", a.transport, "--out", str(npz)],
             self.harness_cpu, f"{tag}.loadgen.log", stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )  # fmt: skip
@@ -269,6 +282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", default="50,200,500", help="comma-separated N")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady state per run")
     parser.add_argument("--bots", default="echo,bursty")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="rtp",
+                        help="media between the fake Asterisk and the relay (naive: rtp only)")
     parser.add_argument("--relays", default="bridge,naive",
                         help="bridge, bridge+uvloop, naive; the first is the one under test")
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
@@ -304,10 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {bench.harness_cpu})
     else:
         print("warning: one CPU only: relay and harness share it", file=sys.stderr)
-    relays = args.relays.split(",")
+    asked = args.relays.split(",")
+    relays = [r for r in asked if args.transport == "rtp" or r not in RTP_ONLY]
+    if not relays:
+        print(f"bench: no relay here carries {args.transport}", file=sys.stderr)
+        return 2
     ns = [int(n) for n in args.calls.split(",")]
     bots = args.bots.split(",")
-    print(f"bench: relays {relays}, N {ns}, bots {bots}, {args.seconds:.0f} s each; relay on "
+    print(f"bench: transport {args.transport}, relays {relays}, N {ns}, bots {bots}, "
+          f"{args.seconds:.0f} s each; relay on "
           f"CPU {bench.relay_cpu}, harness on CPU {bench.harness_cpu}; records in "
           f"{bench.out_dir}", file=sys.stderr)  # fmt: skip
     results: list[RunResult] = []
@@ -319,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             results += search(bench, relays, results)
     finally:
         bench.stop_all()
-    print(render(results, relays))
+    absent = [r for r in asked if r not in relays]
+    print(render(results, relays, absent=absent[0] if absent else None,
+                 transport=args.transport))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1, default=str))
     return 0
@@ -360,7 +382,9 @@ def search(bench: Bench, relays: list[str], done: list[RunResult]) -> list[RunRe
     return found
 
 
-def render(results: list[RunResult], relays: list[str]) -> str:
+def render(results: list[RunResult], relays: list[str], *, absent: str | None = None,
+           transport: str = "rtp") -> str:  # fmt: skip
+    """`absent`: a relay asked for that cannot carry `transport` (its column: n/a)."""
     first, others = relays[0], relays[1:]
     pairs: list[tuple[RunResult, RunResult | None]] = []
     for r in results:
@@ -373,7 +397,8 @@ def render(results: list[RunResult], relays: list[str]) -> str:
     best = max(carried) if carried else None
     shown = best if best is not None else "none"
     largest = f"largest N {first} carried (echo bot, zero loss, gap p99 <= 22 ms): {shown}"
-    text = [table(pairs), "", largest, "", targets(results, relays)]
+    text = [f"transport {transport}", table(pairs, absent=absent), "", largest, "",
+            targets(results, relays, absent=absent)]
     return "\n".join(text)
 
 
@@ -382,7 +407,7 @@ def _find(results: list[RunResult], relay: str, n: int, bot: str) -> RunResult |
     return match[0] if match else None
 
 
-def targets(results: list[RunResult], relays: list[str]) -> str:
+def targets(results: list[RunResult], relays: list[str], absent: str | None = None) -> str:
     first = relays[0]
     naive = relays[1] if len(relays) > 1 else None
     lines = ["Targets"]
@@ -394,6 +419,8 @@ def targets(results: list[RunResult], relays: list[str]) -> str:
     n200 = _find(results, naive, 200, "echo") if naive else None
     ok = None
     detail = "needs N=200 echo runs of both relays"
+    if absent is not None:
+        detail = f"{absent} relay is RTP-only: no comparison on this transport"
     if b200 and n200 and not math.isnan(b200.cpu_per_call_s) and n200.cpu_per_call_s > 0:
         ratio = b200.cpu_per_call_s / n200.cpu_per_call_s
         ok = ratio <= 0.25

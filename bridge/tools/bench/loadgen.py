@@ -11,6 +11,13 @@ channels are in it); the DELETEs with their ChannelHangupRequest/StasisEnd/Chann
 BridgeDestroyed; and at the end the caller hanging up (cause 16, then StasisEnd). It is not
 the simulator: no per-call timers or datagram transports, which could not carry N=500.
 
+`--transport audiosocket`: externalMedia (encapsulation=audiosocket) connects to the relay's
+AudioSocket listener and sends 0x01 + the UUID while handling the request, as chan_audiosocket
+does, then hands the connection to the generator. `--transport websocket`: externalMedia
+(transport=websocket) answers a WebSocket/INCOMING channel with MEDIA_WEBSOCKET_CONNECTION_ID;
+the relay's GET /media/<id> on this same port is answered 101 (subprotocol `media`) and handed
+over with MEDIA_START as Asterisk 23.4.1 sends it; the channel's StasisStart comes after.
+
 The run, printed as JSON lines for the orchestrator:
   {"ready": ports}  -> the relay is started; {"app_active"} once its events socket is up
   stdin "go"        -> place N calls at --rate a second; wait until each is bridged and its
@@ -26,7 +33,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,20 +82,40 @@ class LgCall:
 
 
 class RtpGen:
-    """The rtpgen child process and its control pipe."""
+    """The rtpgen child process and its control pipe (and, for TCP transports, the socket the
+    connections are handed over on)."""
 
-    def __init__(self, sockets: int) -> None:
+    def __init__(self, sockets: int, transport: str = "rtp") -> None:
+        argv = [sys.executable, "-m", "bridge.tools.bench.rtpgen", "--sockets", str(sockets)]
+        self.attach: socket.socket | None = None
+        pass_fds: tuple[int, ...] = ()
+        child: socket.socket | None = None
+        if transport != "rtp":
+            self.attach, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            pass_fds = (child.fileno(),)
+            argv += ["--transport", transport, "--attach-fd", str(child.fileno())]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.tools.bench.rtpgen", "--sockets", str(sockets)],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            pass_fds=pass_fds,
             preexec_fn=child_preexec(None, realtime=RTPGEN_PRIORITY),
         )
+        if child is not None:
+            child.close()
         assert self.proc.stdout is not None and self.proc.stdin is not None
         hello = json.loads(self.proc.stdout.readline())
         self.ports: list[int] = hello["ports"]
         self.pid: int = hello["pid"]
+        self.sockets = sockets
+
+    def hand_over(self, index: int, sock: socket.socket | int, first: bytes = b"") -> None:
+        """Give the generator stream `index`'s connection; it sends `first`, then frames."""
+        assert self.attach is not None
+        fd = sock if isinstance(sock, int) else sock.fileno()
+        message = f"attach {index} {first.hex()}".encode()
+        socket.send_fds(self.attach, [message], [fd])
 
     def command(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -105,13 +135,60 @@ class RtpGen:
             self.proc.wait()
 
 
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _ws_text(text: str) -> bytes:
+    """One unmasked server text frame."""
+    data = text.encode()
+    size = len(data)
+    head = bytes((0x81, size)) if size < 126 else bytes((0x81, 126)) + size.to_bytes(2, "big")
+    return head + data
+
+
+class _Sniffer(asyncio.Protocol):
+    """chan_websocket serves /media/<id> on the ARI port: a GET /media/ upgrade is answered
+    here and its socket handed to the generator; anything else goes to aiohttp as it is."""
+
+    def __init__(self, asterisk: FakeAsterisk) -> None:
+        self._asterisk = asterisk
+        self._buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self._buf += data
+        if len(self._buf) < 11:
+            return
+        if not self._buf.startswith(b"GET /media/"):
+            runner = self._asterisk._runner
+            assert runner is not None and runner.server is not None
+            handler = runner.server()
+            self.transport.set_protocol(handler)
+            handler.connection_made(self.transport)
+            handler.data_received(self._buf)
+            return
+        if b"\r\n\r\n" in self._buf:
+            self.transport.pause_reading()
+            self._asterisk.media_upgrade(self.transport, self._buf)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
 class FakeAsterisk:
-    def __init__(self, app: str, user: str, password: str, rtpgen: RtpGen) -> None:
+    def __init__(self, app: str, user: str, password: str, rtpgen: RtpGen,
+                 transport: str = "rtp") -> None:  # fmt: skip
         self.app = app
+        self.transport = transport
+        self._ws_waiting: dict[str, LgChannel] = {}
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._templates = Templates.from_recordings()
         self.rtpgen = rtpgen
-        self._free_sockets = list(range(len(rtpgen.ports)))[::-1]
+        self._free_sockets = list(range(rtpgen.sockets))[::-1]
         self.channels: dict[str, LgChannel] = {}
         self.bridges: dict[str, list[str]] = {}
         self.calls: list[LgCall] = []
@@ -122,6 +199,7 @@ class FakeAsterisk:
         self.requests = 0
         self.errors = 0
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -129,12 +207,20 @@ class FakeAsterisk:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        if self.transport == "websocket":
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(lambda: _Sniffer(self), HOST, 0,
+                                                    backlog=1024)  # fmt: skip
+            self.port = self._server.sockets[0].getsockname()[1]
+            return self.port
         site = web.TCPSite(self._runner, HOST, 0, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -213,6 +299,10 @@ class FakeAsterisk:
         if path == "/ari/events":
             return await self._events(request)
         if method == "POST" and path == "/ari/channels/externalMedia":
+            if self.transport == "audiosocket":
+                return await self._external_audiosocket(query)
+            if self.transport == "websocket":
+                return self._external_websocket(query)
             return self._external_media(query)
         if method == "POST" and path == "/ari/bridges":
             return self._create_bridge(query)
@@ -293,10 +383,93 @@ class FakeAsterisk:
         asyncio.get_running_loop().call_soon(self._media_enters_stasis, ch)
         return self._reply(200, body)
 
-    def _media_enters_stasis(self, ch: LgChannel) -> None:
+    async def _external_audiosocket(self, q: dict[str, str]) -> web.Response:
+        host, data = q.get("external_host", ""), q.get("data", "")
+        address, _, port = host.rpartition(":")
+        if (q.get("encapsulation") != "audiosocket" or q.get("format") != "slin" or not port
+                or not self._free_sockets):  # fmt: skip
+            self.errors += 1
+            return self._reply(400, {"message": "external_host is required"})
+        try:
+            call_uuid = uuid.UUID(data)
+        except ValueError:
+            self.errors += 1
+            return self._reply(500, {"message": "Internal server error"})
+        socket_index = self._free_sockets.pop()
+        # chan_audiosocket connects and sends 0x01 + the UUID while handling the request.
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (address.strip("[]"), int(port)))
+            await loop.sock_sendall(sock, bytes((0x01, 0, 16)) + call_uuid.bytes)
+            self.rtpgen.hand_over(socket_index, sock)
+        except OSError:
+            self.errors += 1
+            self._free_sockets.append(socket_index)
+            return self._reply(500, {"message": "Internal server error"})
+        finally:
+            sock.close()  # the generator has its own copy of the descriptor now
+        ch = LgChannel(q.get("channelId") or uuid.uuid4().hex, f"AudioSocket/{host}-{data}",
+                       "media", format_timestamp(time.time()), socket=socket_index,
+                       external_host=host, state="Down", in_stasis=False)  # fmt: skip
+        self.channels[ch.id] = ch
+        body = self._templates.em_channel_body(self._snapshot(ch))
+        body["channelvars"] = {"AUDIOSOCKET_SERVICE": host, "AUDIOSOCKET_UUID": data}
+        loop.call_soon(self._media_enters_stasis, ch, [data])
+        return self._reply(200, body)
+
+    def _external_websocket(self, q: dict[str, str]) -> web.Response:
+        if (q.get("transport") != "websocket" or q.get("format") != "ulaw"
+                or q.get("connection_type", "server") != "server" or not self._free_sockets):
+            self.errors += 1  # fmt: skip
+            return self._reply(400, {"message": "bad externalMedia request"})
+        socket_index = self._free_sockets.pop()
+        connection_id = str(uuid.uuid4())
+        ch = LgChannel(q.get("channelId") or uuid.uuid4().hex,
+                       f"WebSocket/INCOMING/0x7f74{socket_index:08x}", "media",
+                       format_timestamp(time.time()), socket=socket_index,
+                       external_host=connection_id, state="Down", in_stasis=False)  # fmt: skip
+        self.channels[ch.id] = ch
+        self._ws_waiting[connection_id] = ch
+        body = self._templates.em_channel_body(self._snapshot(ch))
+        body["channelvars"] = {"MEDIA_WEBSOCKET_CONNECTION_ID": connection_id,
+                               "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE": "160"}  # fmt: skip
+        return self._reply(200, body)
+
+    def media_upgrade(self, transport: asyncio.Transport, request: bytes) -> None:
+        """GET /media/<id>: 101, MEDIA_START; the generator takes the socket from there."""
+        head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        connection_id = head[0].split(" ")[1].removeprefix("/media/").split("?")[0]
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (line.partition(":") for line in head[1:])}  # fmt: skip
+        ch = self._ws_waiting.pop(connection_id, None)
+        key = headers.get("sec-websocket-key", "")
+        if ch is None or self.channels.get(ch.id) is not ch or not key:
+            self.errors += 1
+            transport.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            transport.close()
+            return
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        response = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+                    "Sec-WebSocket-Protocol: media\r\n\r\n").encode()  # fmt: skip
+        media_start = (f"MEDIA_START connection_id:{connection_id} channel:{ch.name} "
+                       f"channel_id:{ch.id} format:ulaw optimal_frame_size:160 ptime:20")
+        sock = transport.get_extra_info("socket")
+        fd = os.dup(sock.fileno())
+        try:
+            self.rtpgen.hand_over(ch.socket, fd, response + _ws_text(media_start))
+        finally:
+            os.close(fd)
+        transport.abort()  # our descriptor only: the generator's copy keeps the connection
+        # The channel answers once MEDIA_START is out; then its StasisStart.
+        asyncio.get_running_loop().call_soon(self._media_enters_stasis, ch)
+
+    def _media_enters_stasis(self, ch: LgChannel, args: list[str] | None = None) -> None:
         if self.channels.get(ch.id) is ch:
             ch.state, ch.in_stasis = "Up", True
-            self._emit("StasisStart", ch, args=[])
+            self._emit("StasisStart", ch, args=args or [])
 
     def _create_bridge(self, q: dict[str, str]) -> web.Response:
         bridge_id = q.get("bridgeId") or str(uuid.uuid4())
@@ -330,8 +503,11 @@ class FakeAsterisk:
         if callers and medias and not callers[0].bridged:
             call, media = callers[0], medias[0]
             call.media_id, media.call, call.bridged = media.id, call.index, time.time()
-            relay_host, _, relay_port = media.external_host.rpartition(":")
-            self.rtpgen.command(f"start {media.socket} {relay_host} {relay_port}")
+            if self.transport == "rtp":
+                relay_host, _, relay_port = media.external_host.rpartition(":")
+                self.rtpgen.command(f"start {media.socket} {relay_host} {relay_port}")
+            else:
+                self.rtpgen.command(f"start {media.socket}")
             self.changed.set()
         return self._reply(204)
 
@@ -388,8 +564,8 @@ async def read_stdin_line() -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    rtpgen = RtpGen(args.calls)
-    asterisk = FakeAsterisk("pipecat", "asterisk", args.password, rtpgen)
+    rtpgen = RtpGen(args.calls, args.transport)
+    asterisk = FakeAsterisk("pipecat", "asterisk", args.password, rtpgen, args.transport)
     bot = BotServer(args.bot, asterisk.bot_started)
     try:
         ari_port = await asterisk.start()
@@ -452,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bridge.tools.bench.loadgen")
     parser.add_argument("--calls", type=int, required=True)
     parser.add_argument("--bot", choices=("echo", "bursty"), default="echo")
+    parser.add_argument("--transport", choices=("rtp", "audiosocket", "websocket"),
+                        default="rtp", help="how the relay's media reaches this Asterisk")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--drain", type=float, default=1.0)

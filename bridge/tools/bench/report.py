@@ -27,6 +27,7 @@ class RunResult:
     relay: str
     bot: str
     calls: int
+    transport: str = "rtp"
     calls_up: int = 0
     seconds: float = 0.0
     cpu_per_call_s: float = math.nan
@@ -141,18 +142,22 @@ def _ratio(a: Any, b: Any) -> str:
         return "-"
 
 
-def table(pairs: list[tuple[RunResult, RunResult | None]]) -> str:
-    """One block per (N, bot): rows of metrics, columns bridge | naive | bridge/naive."""
+def table(pairs: list[tuple[RunResult, RunResult | None]], absent: str | None = None) -> str:
+    """One block per (N, bot): rows of metrics, columns bridge | naive | bridge/naive.
+    `absent`: the name of a relay that cannot run this transport; its cells say n/a."""
     lines: list[str] = []
     for bridge, naive in pairs:
         title = f"N={bridge.calls}  {bridge.bot} bot  ({bridge.seconds:.0f} s steady state)"
-        other = naive.relay if naive is not None else "-"
+        if bridge.transport != "rtp":
+            title += f"  transport {bridge.transport}"
+        other = naive.relay if naive is not None else (absent or "-")
         lines += ["", title, f"{'':26}{bridge.relay:>14}{other:>14}{'ratio':>10}"]
         for label, attr, fmt in ROWS:
             a = getattr(bridge, attr)
             b = getattr(naive, attr) if naive is not None else None
             ratio = _ratio(a, b) if attr in RATIO_ROWS and b is not None else ""
-            lines.append(f"{label:26}{_cell(a, fmt):>14}{_cell(b, fmt):>14}{ratio:>10}")
+            cell_b = "n/a" if naive is None and absent else _cell(b, fmt)
+            lines.append(f"{label:26}{_cell(a, fmt):>14}{cell_b:>14}{ratio:>10}")
         for run in (bridge, naive):
             if run is not None:
                 lines += [f"  ! {run.relay}: {w}" for w in run.warnings]

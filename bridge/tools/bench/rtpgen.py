@@ -15,6 +15,17 @@ epoll loop costs about a third of what asyncio's datagram transports do per pack
   busy moment in this process does not show up as a pacing gap of the relay. SO_RXQ_OVFL
   reports packets the kernel dropped on our sockets, which would be our loss, not the relay's.
 
+Other transports (`--transport audiosocket|websocket`): the loadgen hands each call's TCP
+connection over, already opened (AudioSocket: connected to the bridge's listener, 0x01 + UUID
+sent; chan_websocket: the bridge's upgrade of /media/<id> answered), as a file descriptor on a
+SOCK_SEQPACKET socket (`--attach-fd`, message `attach <socket> <hex bytes to send first>`).
+Per tick each call then gets one frame on the same shared timer: AudioSocket kind 0x10 with
+320 bytes of slin, or an unmasked binary WebSocket message of 160 bytes µ-law. The slin
+frame's tag is written as samples that are exact µ-law values (one per nibble), so it
+survives the bridge's slin -> µ-law -> slin untouched. Arrival times of TCP data are the
+kernel's too (SO_TIMESTAMPNS on a TCP socket: the time of the last segment read); ping frames
+get their pong, a close its close.
+
 Control, one line each on stdin: `start <socket> <host> <port>` (send to the relay's RTP
 address from the next tick on), `stop <socket>`, `dump <path>` (write the records as .npz,
 print a JSON line of self-check numbers, exit). The first stdout line is the bound ports.
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import json
 import math
 import os
@@ -54,18 +66,41 @@ _TIMESPEC = struct.Struct("qq")
 _U32 = struct.Struct("I")
 ANC_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
 FILLER = 0x55  # any µ-law byte that is not silence (0xFF)
+TRANSPORTS = ("rtp", "audiosocket", "websocket")
+SLIN_BYTES = 320
+AS_HEADER = struct.Struct("!BH")
+AS_SLIN = 0x10
+AS_HANGUP = 0x00
+WS_BINARY_HEADER = bytes((0x82, 126)) + struct.pack("!H", PAYLOAD_BYTES)  # unmasked, 160 B
+
+
+def _ulaw_value(code: int) -> int:
+    """G.711 µ-law code -> its linear value (what rtp.g711 decodes it to)."""
+    code = ~code & 0xFF
+    magnitude = (((code & 0x0F) << 3) + 0x84) << ((code & 0x70) >> 4)
+    return (0x84 - magnitude) if code & 0x80 else (magnitude - 0x84)
+
+
+# A tag nibble as one slin sample: µ-law code 0x20 + nibble, decoded (round-trips exactly).
+_NIBBLE_SAMPLE = [struct.pack("<h", _ulaw_value(0x20 + n)) for n in range(16)]
+_BYTE_SAMPLES = [_NIBBLE_SAMPLE[b >> 4] + _NIBBLE_SAMPLE[b & 15] for b in range(256)]
+_SAMPLE_NIBBLE = {sample: n for n, sample in enumerate(_NIBBLE_SAMPLE)}
+SLIN_TAG_BYTES = TAG.size * 4
+_SLIN_FILLER = struct.pack("<h", _ulaw_value(FILLER))
 
 
 class Stream:
     """One call's socket: what it sends next and where."""
 
-    __slots__ = ("counter", "dest", "fd", "index", "overflow", "packet", "seq", "sock", "ssrc",
-                 "ts")  # fmt: skip
+    __slots__ = ("counter", "dest", "fd", "inbuf", "index", "outbuf", "overflow", "packet", "seq",
+                 "sock", "ssrc", "ts")  # fmt: skip
 
-    def __init__(self, index: int, sock: socket.socket, rng: random.Random) -> None:
+    def __init__(self, index: int, sock: socket.socket | None, rng: random.Random) -> None:
         self.index = index
         self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = sock.fileno() if sock is not None else -1
+        self.inbuf = bytearray()  # TCP: an unfinished frame
+        self.outbuf = b""  # TCP: what the kernel did not take last time
         self.dest: tuple[str, int] | None = None
         self.seq = rng.getrandbits(16)
         self.ts = 0  # Asterisk's first packet carries one packet's worth: 160 (facts §9)
@@ -101,12 +136,24 @@ class Recorder:
 
 
 class Generator:
-    def __init__(self, count: int, host: str, seed: int) -> None:
+    def __init__(self, count: int, host: str, seed: int, transport: str = "rtp",
+                 attach_fd: int = -1) -> None:  # fmt: skip
         rng = random.Random(seed)
+        self.transport = transport
         self.streams: list[Stream] = []
         self.by_fd: dict[int, Stream] = {}
         self.epoll = select.epoll()
-        for index in range(count):
+        self.attach: socket.socket | None = None
+        self.rx_text = 0  # WebSocket text messages from the bridge (MARK_MEDIA and such)
+        self.rx_other = 0  # anything else that is neither audio nor ping/close
+        self.closed_by_relay = 0
+        if transport != "rtp":
+            self.attach = socket.socket(fileno=attach_fd)
+            self.attach.setblocking(False)
+            self.epoll.register(self.attach.fileno(), select.EPOLLIN)
+            self.streams = [Stream(index, None, rng) for index in range(count)]
+            self._prepare_frames()
+        for index in range(count if transport == "rtp" else 0):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
@@ -127,7 +174,17 @@ class Generator:
 
     @property
     def ports(self) -> list[int]:
-        return [s.sock.getsockname()[1] for s in self.streams]
+        if self.transport != "rtp":
+            return []
+        return [s.sock.getsockname()[1] for s in self.streams if s.sock is not None]
+
+    def _prepare_frames(self) -> None:
+        for stream in self.streams:
+            if self.transport == "audiosocket":
+                stream.packet = bytearray(AS_HEADER.pack(AS_SLIN, SLIN_BYTES)
+                                          + _SLIN_FILLER * (SLIN_BYTES // 2))  # fmt: skip
+            else:
+                stream.packet = bytearray(WS_BINARY_HEADER + bytes([FILLER]) * PAYLOAD_BYTES)
 
     # ---- loop ------------------------------------------------------------------------------
 
@@ -140,13 +197,21 @@ class Generator:
             for fd, _mask in self.epoll.poll(max(timeout, 0.0)):
                 stream = self.by_fd.get(fd)
                 if stream is not None:
-                    self._drain(stream)
+                    if self.transport == "rtp":
+                        self._drain(stream)
+                    else:
+                        self._drain_tcp(stream)
+                elif self.attach is not None and fd == self.attach.fileno():
+                    self._take_connections()
                 elif not self._read_control(control_fd):
                     return
             now = time.monotonic()
             if now >= deadline:
                 self.rec.late.append(now - deadline)
-                self._send_tick()
+                if self.transport == "rtp":
+                    self._send_tick()
+                else:
+                    self._send_tick_tcp()
                 self.rec.pass_time.append(time.monotonic() - now)
                 deadline += PERIOD
                 if now - deadline > 2 * PERIOD:
@@ -208,6 +273,197 @@ class Generator:
             rec.rx_sent.append(sent)
             rec.rx_seq.append(seq)
 
+    # ---- TCP transports (AudioSocket, chan_websocket) -----------------------------------------
+
+    def _take_connections(self) -> None:
+        assert self.attach is not None
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.attach, 65536, 4)
+            except BlockingIOError:
+                return
+            if not data and not fds:
+                return
+            words = data.split(b" ", 2)
+            if words[0] != b"attach" or not fds:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            stream = self.streams[int(words[1])]
+            sock = socket.socket(fileno=fds[0])
+            for extra in fds[1:]:
+                os.close(extra)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            stream.sock, stream.fd = sock, sock.fileno()
+            stream.inbuf.clear()
+            stream.outbuf = bytes.fromhex(words[2].decode()) if len(words) > 2 else b""
+            self.by_fd[stream.fd] = stream
+            self.epoll.register(stream.fd, select.EPOLLIN)
+            self._write(stream, b"")
+
+    def _close_tcp(self, stream: Stream, farewell: bytes = b"") -> None:
+        sock = stream.sock
+        if sock is None:
+            return
+        if farewell:
+            with contextlib.suppress(OSError):
+                sock.send(farewell)
+        self.by_fd.pop(stream.fd, None)
+        with contextlib.suppress(OSError):
+            self.epoll.unregister(stream.fd)
+        sock.close()
+        stream.sock, stream.fd = None, -1
+        if stream in self.active:
+            self.active.remove(stream)
+
+    def _write(self, stream: Stream, data: bytes | bytearray) -> None:
+        """Send, keeping what the kernel did not take for the next try (framing intact)."""
+        sock = stream.sock
+        if sock is None:
+            return
+        pending = stream.outbuf + data if stream.outbuf else data
+        if not pending:
+            return
+        try:
+            sent = sock.send(pending)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.send_errors += 1
+            return
+        stream.outbuf = bytes(pending[sent:]) if sent < len(pending) else b""
+
+    def _send_tick_tcp(self) -> None:
+        wall = time.time
+        rec = self.rec
+        tx_sock, tx_counter, tx_time = rec.tx_sock.append, rec.tx_counter.append, rec.tx_time.append
+        slin = self.transport == "audiosocket"
+        offset = AS_HEADER.size if slin else len(WS_BINARY_HEADER)
+        for stream in self.active:
+            if stream.sock is None:
+                continue
+            counter = stream.counter = stream.counter + 1
+            sent = wall()
+            tag = TAG.pack(TAG_MAGIC, stream.index, counter, sent)
+            packet = stream.packet
+            if slin:
+                packet[offset : offset + SLIN_TAG_BYTES] = b"".join([_BYTE_SAMPLES[b] for b in tag])
+            else:
+                packet[offset : offset + TAG.size] = tag
+            if stream.outbuf:
+                self.send_errors += 1  # the relay is not reading: this frame waits behind
+            self._write(stream, packet)
+            tx_sock(stream.index)
+            tx_counter(counter)
+            tx_time(sent)
+
+    def _drain_tcp(self, stream: Stream) -> None:
+        sock = stream.sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data, ancillary, _flags, _addr = sock.recvmsg(65536, ANC_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:
+                data, ancillary = b"", []
+            if not data:
+                self.closed_by_relay += 1
+                self._close_tcp(stream)
+                return
+            arrival = math.nan
+            for _level, kind, cdata in ancillary:
+                if kind == SO_TIMESTAMPNS:
+                    seconds, nanoseconds = _TIMESPEC.unpack(cdata)
+                    arrival = seconds + nanoseconds * 1e-9
+            if arrival != arrival:
+                arrival = time.time()
+            stream.inbuf += data
+            if self.transport == "audiosocket":
+                self._audiosocket_frames(stream, arrival)
+            else:
+                self._websocket_frames(stream, arrival)
+            if stream.sock is None:
+                return
+
+    def _record(self, stream: Stream, arrival: float, tag: bytes | None) -> None:
+        rec = self.rec
+        counter, sent = -1, math.nan
+        if tag is not None and len(tag) >= TAG.size and tag[0] == TAG_MAGIC:
+            _magic, owner, counter, sent = TAG.unpack_from(tag)
+            if owner != stream.index:
+                rec.rx_crossed += 1
+        rec.rx_sock.append(stream.index)
+        rec.rx_time.append(arrival)
+        rec.rx_counter.append(counter)
+        rec.rx_sent.append(sent)
+        rec.rx_seq.append(0)
+
+    def _audiosocket_frames(self, stream: Stream, arrival: float) -> None:
+        buf = stream.inbuf
+        pos = 0
+        while len(buf) - pos >= AS_HEADER.size:
+            kind, length = AS_HEADER.unpack_from(buf, pos)
+            if kind == AS_HANGUP:
+                self.closed_by_relay += 1
+                self._close_tcp(stream)
+                return
+            end = pos + AS_HEADER.size + length
+            if end > len(buf):
+                break
+            if 0x10 <= kind <= 0x18:
+                self._record(stream, arrival, _slin_tag(buf, pos + AS_HEADER.size, length))
+            else:
+                self.rx_other += 1
+            pos = end
+        del buf[:pos]
+
+    def _websocket_frames(self, stream: Stream, arrival: float) -> None:
+        buf = stream.inbuf
+        pos = 0
+        while len(buf) - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            opcode, length, head = first & 0x0F, second & 0x7F, 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                length, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                length, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+            mask = b""
+            if second & 0x80:
+                mask = bytes(buf[pos + head : pos + head + 4])
+                head += 4
+            end = pos + head + length
+            if end > len(buf):
+                break
+            start = pos + head
+            if opcode == 0x2:
+                tag = bytes(buf[start : start + TAG.size])
+                if mask:
+                    tag = bytes(b ^ mask[i % 4] for i, b in enumerate(tag))
+                self._record(stream, arrival, tag)
+            elif opcode == 0x9:  # ping: pong with the same payload, unmasked
+                payload = bytes(buf[start:end])
+                if mask:
+                    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                self._write(stream, bytes((0x8A, len(payload))) + payload)
+            elif opcode == 0x8:  # close: echo the code, then go
+                self.closed_by_relay += 1
+                self._close_tcp(stream, bytes((0x88, 2)) + struct.pack("!H", 1000))
+                return
+            elif opcode == 0x1:
+                self.rx_text += 1
+            elif opcode != 0xA:
+                self.rx_other += 1
+            pos = end
+        del buf[:pos]
+
     def _read_control(self, fd: int) -> bool:
         try:
             chunk = os.read(fd, 65536)
@@ -226,19 +482,27 @@ class Generator:
             return
         if words[0] == "start":
             stream = self.streams[int(words[1])]
-            stream.dest = (words[2], int(words[3]))
+            if len(words) >= 4:
+                stream.dest = (words[2], int(words[3]))
             if stream not in self.active:
                 self.active.append(stream)
         elif words[0] == "stop":
             stream = self.streams[int(words[1])]
             if stream in self.active:
                 self.active.remove(stream)
+            if self.transport == "websocket":  # Asterisk hangs up: close 1000
+                self._close_tcp(stream, bytes((0x88, 2)) + struct.pack("!H", 1000))
+            elif self.transport == "audiosocket":  # the socket just closes (recorded)
+                self._close_tcp(stream)
         elif words[0] == "dump":
             self._dump_path = words[1]
 
     def _dump(self, path: str) -> None:
         for stream in self.streams:  # the last arrivals, already queued in the kernel
-            self._drain(stream)
+            if self.transport == "rtp":
+                self._drain(stream)
+            else:
+                self._drain_tcp(stream)
         self.rec.save(path)
         late = np.frombuffer(self.rec.late, dtype="d")
         passes = np.frombuffer(self.rec.pass_time, dtype="d")
@@ -254,7 +518,24 @@ class Generator:
             "rx_crossed": self.rec.rx_crossed,
             "cpu_s": usage.ru_utime + usage.ru_stime,
         }
+        if self.transport != "rtp":
+            stats.update({"transport": self.transport, "rx_text": self.rx_text,
+                          "rx_other": self.rx_other, "closed_by_relay": self.closed_by_relay})
         print(json.dumps({"dumped": path, "stats": stats}), flush=True)
+
+
+def _slin_tag(buf: bytearray, start: int, length: int) -> bytes | None:
+    """The tag written as one µ-law-exact sample per nibble; None if these are not tag samples."""
+    if length < SLIN_TAG_BYTES:
+        return None
+    out = bytearray()
+    lookup = _SAMPLE_NIBBLE.get
+    for i in range(start, start + SLIN_TAG_BYTES, 4):
+        high, low = lookup(bytes(buf[i : i + 2])), lookup(bytes(buf[i + 2 : i + 4]))
+        if high is None or low is None:
+            return None
+        out.append(high << 4 | low)
+    return bytes(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,8 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sockets", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--transport", choices=TRANSPORTS, default="rtp")
+    parser.add_argument("--attach-fd", type=int, default=-1,
+                        help="SOCK_SEQPACKET the loadgen hands TCP connections over on")
     args = parser.parse_args(argv)
-    generator = Generator(args.sockets, args.host, args.seed)
+    generator = Generator(args.sockets, args.host, args.seed, args.transport, args.attach_fd)
     print(json.dumps({"ports": generator.ports, "pid": os.getpid()}), flush=True)
     generator.run(sys.stdin.fileno())
     return 0

@@ -45,3 +45,23 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # The bridge paces: its median gap is the 20 ms clock, whatever the bot does.
     assert 18.0 <= runs[0]["gap_p50_ms"] <= 22.0
     assert "CPU s per call-second" in proc.stdout and "Targets" in proc.stdout
+
+
+@pytest.mark.parametrize("transport", ["audiosocket", "websocket"])
+def test_bench_smoke_other_transports(tmp_path: Path, transport: str) -> None:
+    """The generator plays Asterisk's end of AudioSocket / chan_websocket; the naive relay is
+    RTP-only, so it is left out and its column says n/a (~6 s each)."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.tools.bench", "--transport", transport, "--calls", "3",
+         "--seconds", "2", "--warmup", "0.5", "--bots", "echo", "--relays", "bridge,naive",
+         "--no-search", "--out-dir", str(tmp_path / "records"), "--json", str(out)],
+        capture_output=True, text=True, timeout=80, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())
+    assert [(r["relay"], r["transport"]) for r in runs] == [("bridge", transport)]
+    assert_sane(runs[0])
+    assert 18.0 <= runs[0]["gap_p50_ms"] <= 22.0
+    assert runs[0]["extra"]["rtpgen"]["send_errors"] == 0
+    assert f"transport {transport}" in proc.stdout and "n/a" in proc.stdout
