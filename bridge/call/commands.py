@@ -7,6 +7,7 @@ different times never get confused.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from ari.models import Channel
@@ -190,11 +191,22 @@ class MediaDtmf:
 
 @dataclass(frozen=True, slots=True)
 class HangupRequested:
-    """Somebody outside the call (shutdown, resync) wants it ended."""
+    """Somebody outside the call (shutdown, resync, the API) wants it ended."""
 
     reason: str
     caller_gone: bool = False
     fallback: bool = False  # hand the caller to the fallback instead of hanging up
+    by: EndedBy | None = None  # None: the bridge (or the caller, with caller_gone)
+
+
+class EndedBy(enum.StrEnum):
+    """Who ended a call. `caller` is the phone side (the callee, for an outbound call)."""
+
+    CALLER = "caller"
+    BOT = "bot"  # it hung up, or failed (refused, dropped, stalled)
+    API = "api"
+    BRIDGE = "bridge"  # a set-up step failed, the media failed, shutdown, full, draining
+    ASTERISK = "asterisk"  # the bridge or media channel went away under us
 
 
 class Outbox:
@@ -204,9 +216,15 @@ class Outbox:
     def __init__(self) -> None:
         self._out: list[Command] = []
         self._pending: set[Command] = set()
+        self._changes: list[object] = []
 
     def commands_to_send(self) -> list[Command]:
         out, self._out = self._out, []
+        return out
+
+    def changes_to_report(self) -> list[object]:
+        """What changed since the last call (StateChanged values), for the read model."""
+        out, self._changes = self._changes, []
         return out
 
     def _emit(self, cmd: Command) -> None:

@@ -37,6 +37,7 @@ from bridge.call.commands import (
     CommandFailed,
     ConnectBot,
     DrainPlayout,
+    EndedBy,
     Finished,
     HangupRequested,
     MediaDtmf,
@@ -46,7 +47,7 @@ from bridge.call.commands import (
     PlayoutDrained,
     SendDtmf,
 )
-from bridge.call.machine import TRANSITIONS, CallState, Fallback, MachineInput
+from bridge.call.machine import TRANSITIONS, CallState, Fallback, MachineInput, StateChanged
 from bridge.errors import CallStateError
 
 
@@ -68,6 +69,7 @@ class DialplanCallMachine(Outbox):
         self.bot_url = bot_url
         self.state = CallState.SETUP
         self.end_reason = ""
+        self.ended_by: EndedBy | None = None
         # The caller's way out is the dialplan's next priority, whatever --fallback says.
         self.fallback = Fallback("hangup")
         self.used_fallback = False
@@ -76,7 +78,7 @@ class DialplanCallMachine(Outbox):
         self._bot = _Res.GONE
         self._leg = _Res.UP
         if reject:
-            self._end(reject, fallback=True)
+            self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         else:
             self._bot = _Res.CREATING
             self._emit(ConnectBot(bot_url))
@@ -88,7 +90,7 @@ class DialplanCallMachine(Outbox):
 
     def handle_timer(self, now: float) -> None:
         if self.state is CallState.SETUP and now >= self._setup_deadline:
-            self._end("setup timed out", fallback=True)
+            self._end("setup timed out", fallback=True, by=EndedBy.BRIDGE)
 
     def handle(self, event: MachineInput | AriEvent) -> None:
         if self.state is CallState.ENDED:
@@ -106,14 +108,14 @@ class DialplanCallMachine(Outbox):
                 self._emit(SendDtmf(event.digit))
         elif isinstance(event, MediaEnded):
             self._leg = _Res.GONE
-            self._end("caller hung up")
+            self._end("caller hung up", by=EndedBy.CALLER)
         elif isinstance(event, MediaFailed):
-            self._end(f"media failed: {event.reason}", fallback=True)
+            self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
         elif isinstance(event, PlayoutDrained):
             if self.state is CallState.DRAINING:
-                self._end("bot ended the call")
+                self._end("bot ended the call", by=EndedBy.BOT)
         elif isinstance(event, HangupRequested):
-            self._end(event.reason, fallback=event.fallback)
+            self._end(event.reason, fallback=event.fallback, by=event.by or EndedBy.BRIDGE)
         # ARI events never concern a dialplan call.
 
     # ---- transitions --------------------------------------------------------------------
@@ -122,7 +124,7 @@ class DialplanCallMachine(Outbox):
         self._pending.discard(cmd)
         if isinstance(cmd, ConnectBot) and failed:
             self._bot = _Res.GONE
-            self._end("ConnectBot failed", fallback=True)
+            self._end("ConnectBot failed", fallback=True, by=EndedBy.BOT)
         elif isinstance(cmd, CloseBot):
             self._bot = _Res.GONE
         elif isinstance(cmd, CloseMedia):
@@ -137,14 +139,17 @@ class DialplanCallMachine(Outbox):
             self._emit(DrainPlayout())
         elif self.state in (CallState.SETUP, CallState.UP):
             self._end(
-                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(), fallback=True
+                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(),
+                fallback=True,
+                by=EndedBy.BOT,
             )
         self._maybe_finish()
 
-    def _end(self, reason: str, *, fallback: bool = False) -> None:
+    def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
         self.end_reason = reason
+        self.ended_by = by
         self.used_fallback = fallback
         self._goto(CallState.ENDING)
         if self._bot in (_Res.UP, _Res.CREATING):
@@ -167,4 +172,5 @@ class DialplanCallMachine(Outbox):
     def _goto(self, state: CallState) -> None:
         if state not in TRANSITIONS[self.state]:
             raise CallStateError(f"call {self.call_id}: {self.state.name} -> {state.name}")
-        self.state = state
+        old, self.state = self.state, state
+        self._changes.append(StateChanged(old, state, self.end_reason, self.ended_by))

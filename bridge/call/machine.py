@@ -55,6 +55,7 @@ from bridge.call.commands import (
     CreateExternalMedia,
     DeleteBridge,
     DrainPlayout,
+    EndedBy,
     Finished,
     HangupChannel,
     HangupRequested,
@@ -100,6 +101,16 @@ class Res(enum.Enum):
     UP = "up"
     DELETING = "deleting"
     GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The machine moved from `old` to `new`; `reason` and `ended_by` are set on the way out."""
+
+    old: CallState
+    new: CallState
+    reason: str = ""
+    ended_by: EndedBy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,7 @@ class CallMachine(Outbox):
         self.bot_url = bot_url
         self.state = CallState.SETUP
         self.end_reason = ""
+        self.ended_by: EndedBy | None = None
         self._setup_deadline = now + setup_timeout
         super().__init__()
         self.caller_res = Res.UP
@@ -198,7 +210,7 @@ class CallMachine(Outbox):
         self._playback_deadline: float | None = None
         self._media_ended_deadline: float | None = None
         if reject:
-            self._end(reject, fallback=True)
+            self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         else:
             self._emit(Answer(ids.caller_id))
 
@@ -213,12 +225,12 @@ class CallMachine(Outbox):
 
     def handle_timer(self, now: float) -> None:
         if self.state is CallState.SETUP and now >= self._setup_deadline:
-            self._end("setup timed out", fallback=True)
+            self._end("setup timed out", fallback=True, by=EndedBy.BRIDGE)
         elif self._playback_deadline is not None and now >= self._playback_deadline:
             self._playback_done()
         if self._media_ended_deadline is not None and now >= self._media_ended_deadline:
             self._media_ended_deadline = None
-            self._end("media stream closed by Asterisk", fallback=True)
+            self._end("media stream closed by Asterisk", fallback=True, by=EndedBy.ASTERISK)
 
     def handle(self, event: MachineInput) -> None:
         if self.state is CallState.ENDED:
@@ -233,9 +245,9 @@ class CallMachine(Outbox):
             self._on_bot_closed(event)
         elif isinstance(event, PlayoutDrained):
             if self.state is CallState.DRAINING:
-                self._end("bot ended the call")
+                self._end("bot ended the call", by=EndedBy.BOT)
         elif isinstance(event, MediaFailed):
-            self._end(f"media failed: {event.reason}", fallback=True)
+            self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
         elif isinstance(event, MediaEnded):
             if self.state in (CallState.SETUP, CallState.UP, CallState.DRAINING):
                 self._media_ended_deadline = self._clock() + MEDIA_ENDED_GRACE
@@ -244,7 +256,8 @@ class CallMachine(Outbox):
         elif isinstance(event, HangupRequested):
             if event.caller_gone:
                 self._caller_gone()
-            self._end(event.reason, fallback=event.fallback)
+            by = event.by or (EndedBy.CALLER if event.caller_gone else EndedBy.BRIDGE)
+            self._end(event.reason, fallback=event.fallback, by=by)
         else:
             self._on_ari(event)
 
@@ -263,7 +276,7 @@ class CallMachine(Outbox):
         elif isinstance(event, BridgeDestroyed) and event.bridge.id == self.ids.bridge_id:
             if self.bridge_res is not Res.DELETING:
                 self.bridge_res = Res.GONE
-            self._end("bridge destroyed", fallback=True)
+            self._end("bridge destroyed", fallback=True, by=EndedBy.ASTERISK)
         elif isinstance(event, PlaybackFinished):
             step = self._caller_step
             if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
@@ -272,12 +285,12 @@ class CallMachine(Outbox):
     def _on_channel_leaving(self, channel_id: str) -> None:
         if channel_id == self.ids.caller_id:
             self._caller_gone()
-            self._end("caller hung up")
+            self._end("caller hung up", by=EndedBy.CALLER)
         elif channel_id == self.ids.media_channel_id and self.media_res is not Res.DELETING:
             # Somebody else removed our media channel: the call has no audio path left.
             if self.media_res is Res.UP:
                 self.media_res = Res.GONE
-            self._end("media channel went away", fallback=True)
+            self._end("media channel went away", fallback=True, by=EndedBy.ASTERISK)
 
     def _caller_gone(self) -> None:
         self._hangup_caller = False
@@ -362,7 +375,8 @@ class CallMachine(Outbox):
         elif isinstance(cmd, ConnectBot):
             self.bot_res = Res.GONE
         if not isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
-            self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True)
+            by = EndedBy.BOT if isinstance(cmd, ConnectBot) else EndedBy.BRIDGE
+            self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True, by=by)
         self._advance_caller()
         self._maybe_finish()
 
@@ -434,16 +448,19 @@ class CallMachine(Outbox):
             self._bot_said_goodbye = True
         elif self.state in (CallState.SETUP, CallState.UP):
             self._end(
-                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(), fallback=True
+                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(),
+                fallback=True,
+                by=EndedBy.BOT,
             )
 
     # ---- teardown -----------------------------------------------------------------------
 
-    def _end(self, reason: str, *, fallback: bool = False) -> None:
+    def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
         self._media_ended_deadline = None
         self.end_reason = reason
+        self.ended_by = by
         self._goto(CallState.ENDING)
         if self.bot_res in (Res.UP, Res.CREATING):
             self._emit_teardown(CloseBot(send_stop=True))
@@ -562,4 +579,5 @@ class CallMachine(Outbox):
     def _goto(self, state: CallState) -> None:
         if state not in TRANSITIONS[self.state]:
             raise CallStateError(f"call {self.ids.call_id}: {self.state.name} -> {state.name}")
-        self.state = state
+        old, self.state = self.state, state
+        self._changes.append(StateChanged(old, state, self.end_reason, self.ended_by))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ari.events import AriEvent
@@ -46,11 +46,22 @@ from bridge.call.commands import (
     StartMedia,
 )
 from bridge.call.dialplan import DialplanCallMachine
-from bridge.call.machine import CallIds, CallMachine, Fallback, MachineInput
+from bridge.call.machine import (
+    CallIds,
+    CallMachine,
+    CallState,
+    Fallback,
+    MachineInput,
+    StateChanged,
+)
+from bridge.call.view import CallChange, CallView, Direction, Milestone
 from bridge.errors import AriHttpError, BotProtocolError, BridgeError
 from bridge.logs import redact_url
 from bridge.media.leg import MediaLeg
 from rtp.transcode import Transcoder
+
+# Told of every change of a call, with the call's new view; must not raise (it is logged).
+CallObserver = Callable[[CallView, CallChange], None]
 
 
 class Call:
@@ -72,6 +83,9 @@ class Call:
         fallback: Fallback | None = None,
         reject: str = "",
         bot_options: dict[str, Any] | None = None,
+        transport: str = "",
+        direction: Direction = Direction.INBOUND,
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         """An ARI call has its `caller` channel and the ARI `rest` session; a call from the
         dialplan alone (`caller` None) runs a DialplanCallMachine and needs no REST.
@@ -93,11 +107,17 @@ class Call:
         self._connect_task: asyncio.Task[None] | None = None
         self._bot_up = False
         self.started_at = time.monotonic()
+        # The read model's times are wall-clock (an API client's); durations use the above.
+        self._times: dict[str, float] = {"started": time.time()}
+        self._transport = transport
+        self._direction = direction
+        self._observers = tuple(observers)
         self.bot_bad_messages = 0
         self.bot_audio_bytes = 0
         self.dtmf_sent = 0
         self.machine: CallMachine | DialplanCallMachine
         if caller is None:
+            self._times["answered"] = self._times["started"]  # Asterisk answered it
             self.machine = DialplanCallMachine(
                 ids.call_id, bot_url, self._loop.time(), setup_timeout, reject=reject
             )
@@ -120,6 +140,55 @@ class Call:
     @property
     def state(self) -> str:
         return self.machine.state.value
+
+    # ---- the read model -----------------------------------------------------------------
+
+    def view(self) -> CallView:
+        """A fresh snapshot: the call as it is now, media counters included."""
+        m, info, times, bot = self.machine, self._info, self._times, self._bot
+        media = {
+            **self.leg.stats(),
+            "bot_audio_bytes": self.bot_audio_bytes,
+            "bot_sent": bot.sent if bot else 0,
+            "bot_dropped": bot.dropped if bot else 0,
+            "bot_bad_messages": self.bot_bad_messages,
+            "dtmf": self.dtmf_sent,
+        }
+        return CallView(
+            id=self.ids.call_id,
+            state=m.state,
+            direction=self._direction,
+            transport=self._transport or self.leg.transport,
+            dialect=self._dialect.name,
+            bot_url=redact_url(m.bot_url),
+            caller=info.caller,
+            called=info.called,
+            channel_id=info.channel_id,
+            started_at=times["started"],
+            answered_at=times.get("answered"),
+            bot_connected_at=times.get("bot_connected"),
+            ended_at=times.get("ended"),
+            end_reason=m.end_reason,
+            ended_by=m.ended_by,
+            fallback=m.used_fallback,
+            media=media,
+        )
+
+    def _milestone(self, name: str) -> None:
+        if name not in self._times:
+            self._times[name] = time.time()
+            self._publish(Milestone(name))
+
+    def _publish(self, change: CallChange) -> None:
+        if not self._observers:
+            return
+        try:
+            view = self.view()
+            for observer in self._observers:
+                observer(view, change)
+        except Exception:
+            # An operations reader must never take a call down with it.
+            self.log.exception("call_observer_failed", change=repr(change))
 
     def start(self) -> None:
         if self.machine.state.value == "ending":
@@ -147,6 +216,10 @@ class Call:
                     finished = cmd
                 else:
                     self._execute(cmd)
+        for change in self.machine.changes_to_report():
+            if isinstance(change, StateChanged) and change.new is CallState.ENDED:
+                self._times["ended"] = time.time()
+            self._publish(change)  # type: ignore[arg-type]
         self._arm_timer()
         if finished is not None:
             self._finish(finished)
@@ -222,6 +295,8 @@ class Call:
             self.log.exception("command_crashed", command=name)
             self.feed(CommandFailed(cmd, repr(exc)))
         else:
+            if isinstance(cmd, Answer) and cmd.channel_id == self.ids.caller_id:
+                self._milestone("answered")
             self.feed(CommandDone(cmd, value))
 
     def _arm_timer(self) -> None:
@@ -298,6 +373,7 @@ class Call:
         self._bot_up = True
         self.log.info("bot_connected")
         self.machine.handle(BotConnected())
+        self._milestone("bot_connected")
 
     async def _close_bot(self, cmd: CloseBot) -> None:
         self._bot_up = False

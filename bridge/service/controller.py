@@ -25,7 +25,8 @@ from bridge.bot.dialects.base import BotDialect, CallInfo
 from bridge.bot.url import option_from_args, resolve_bot
 from bridge.call.commands import HangupRequested
 from bridge.call.machine import CallIds, Fallback
-from bridge.call.runner import Call
+from bridge.call.runner import Call, CallObserver
+from bridge.call.view import CallChange, CallView
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import get_logger
 from bridge.media.factory import TRANSPORTS, MediaFactory
@@ -56,6 +57,8 @@ class Controller:
         )
         self.pool = self.media.pool
         self.calls: dict[str, Call] = {}  # by call_id
+        # Readers of the calls' read model (bridge.call.view), told of every change.
+        self.observers: list[CallObserver] = []
         self._by_channel: dict[str, Call] = {}
         self._by_bridge: dict[str, Call] = {}
         # What the bot is told the call's rate is (exotel follows it): the format's.
@@ -328,6 +331,7 @@ class Controller:
             info=info,
             log=call_log,
             reject=reject,
+            transport=transport,
         )
         self._register(call, transport, reject)
         if not reject:
@@ -360,8 +364,15 @@ class Controller:
                 "ca_file": s.bot_ca_file,
                 "headers": s.bot_headers,
             },
+            observers=(self._call_changed,),
             **kwargs,
         )
+
+    def _call_changed(self, view: CallView, change: CallChange) -> None:
+        """Every call's every change, with its new read model, to every reader of it (API
+        history, metrics, webhooks, sd_notify status)."""
+        for observer in self.observers:
+            observer(view, change)
 
     def _register(self, call: Call, transport: str, reject: str) -> None:
         self.calls[call.ids.call_id] = call
@@ -421,7 +432,7 @@ class Controller:
         ids = CallIds(call_id=call_id, caller_id="", bridge_id="", media_channel_id="")
         call = self._call(ids=ids, caller=None, bot_url=bot_url, rest=None,
                           leg_factory=lambda _c: leg, dialect=dialect, info=info,
-                          log=call_log, reject=reject)  # fmt: skip
+                          log=call_log, reject=reject, transport=transport)  # fmt: skip
         self._register(call, transport, reject)
         call.start()
         # A refused call is over already; the leg it never bound must not be served.
