@@ -232,7 +232,7 @@ class Generator:
             pack_into(stream.packet, 0, 0x80, 0, seq, ts, stream.ssrc, TAG_MAGIC, stream.index,
                       counter, sent)  # fmt: skip
             try:
-                stream.sock.sendto(stream.packet, stream.dest)  # type: ignore[arg-type]
+                stream.sock.sendto(stream.packet, stream.dest)  # type: ignore[arg-type,union-attr]
             except OSError:  # ENOBUFS, ECONNREFUSED from an earlier ICMP: counted as sent, lost
                 self.send_errors += 1
             tx_sock(stream.index)
@@ -240,7 +240,7 @@ class Generator:
             tx_time(sent)
 
     def _drain(self, stream: Stream) -> None:
-        recvmsg = stream.sock.recvmsg
+        recvmsg = stream.sock.recvmsg  # type: ignore[union-attr]
         rec = self.rec
         index = stream.index
         while True:
