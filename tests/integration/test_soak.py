@@ -262,10 +262,10 @@ def find_problems(report: SoakReport, sim: SimulatedAsterisk, controller: Contro
     total = WARMUP + report.calls
     if set(report.outcomes) - {"app", "caller"}:
         problems.append(f"calls that did not end as scripted: {dict(report.outcomes)}")
-    if controller.calls or controller._by_channel or controller._by_bridge:
+    if controller.calls or controller.registry.by_channel or controller.registry.by_bridge:
         problems.append(f"controller registry not empty: calls={list(controller.calls)} "
-                        f"by_channel={list(controller._by_channel)} "
-                        f"by_bridge={list(controller._by_bridge)}")  # fmt: skip
+                        f"by_channel={list(controller.registry.by_channel)} "
+                        f"by_bridge={list(controller.registry.by_bridge)}")  # fmt: skip
     if controller.ticker._members:
         problems.append(f"ticker still has {len(controller.ticker._members)} members")
     if controller.pool.in_use:

@@ -102,7 +102,7 @@ def samples(frames: list[bytes], fmt: str) -> npt.NDArray[np.float64]:
 def assert_nothing_left(rig: Rig) -> None:
     sim, controller = rig.sim, rig.controller
     assert controller.calls == {}, controller.calls
-    assert controller._active == {}
+    assert controller.registry.active == {}
     assert controller.pool.in_use == 0
     assert controller.ticker._members == {}, "the ticker still ticks for someone"
     assert controller.ticker._handle is None

@@ -1,0 +1,191 @@
+"""The call factory: turns a caller (an ARI StasisStart, or a connection to a media listener
+from the dialplan alone) into a running `Call`, registered, with its bot, dialect, transport
+and media leg chosen.
+
+Which bot and dialect: `bridge.bot.url` (the --bot-url template or a Stasis ws:// argument,
+`dialect=`/`transport=` arguments). A dialplan WebSocket call can only name its bot
+(`v(bot=NAME)`, looked up in --bot-map). A call that cannot be taken (full, draining, a typo
+in its arguments) is still built, rejected: its machine hands the caller to the fallback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ari.models import Channel
+from ari.rest import AriRestClient
+from bridge.bot.dialects import create_dialect
+from bridge.bot.dialects.base import BotDialect, CallInfo
+from bridge.bot.url import option_from_args, resolve_bot
+from bridge.call.machine import CallIds, Fallback
+from bridge.call.runner import Call, CallObserver
+from bridge.errors import ConfigError
+from bridge.logs import get_logger
+from bridge.media.factory import TRANSPORTS, MediaFactory
+from bridge.media.leg import MediaLeg
+from bridge.service.config import Settings
+from bridge.service.registry import CallRegistry
+
+log = get_logger("bridge")
+
+# Why a new call cannot be taken now ("" if it can); None: no transport resource needed.
+Admission = Callable[[str | None], str]
+
+
+class CallFactory:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rest: AriRestClient,
+        media: MediaFactory,
+        registry: CallRegistry,
+        admission: Admission,
+        observers: Sequence[CallObserver],
+        on_finished: Callable[[Call], None],
+    ) -> None:
+        self._settings = s = settings
+        self._rest = rest
+        self._media = media
+        self._registry = registry
+        self._admission = admission
+        self._observers = tuple(observers)
+        self._on_finished = on_finished
+        self._fallback = Fallback(
+            s.fallback, s.fallback_context, s.fallback_extension, s.fallback_priority,
+            s.fallback_sound,
+        )  # fmt: skip
+        # What the bot is told the call's rate is (exotel follows it): the format's.
+        self._rate = 16000 if s.format == "slin16" else 8000
+
+    @property
+    def fallback(self) -> Fallback:
+        return self._fallback
+
+    # ---- ARI callers ----------------------------------------------------------------------
+
+    def ari_call(self, caller: Channel, args: Sequence[str], reject: str = "") -> Call:
+        s = self._settings
+        transport = option_from_args(args, "transport") or s.transport
+        reject = reject or self._admission(transport)
+        call_id = uuid.uuid4().hex
+        ids = CallIds(
+            call_id=call_id,
+            caller_id=caller.id,
+            bridge_id=f"{s.id_prefix}br-{call_id}",
+            media_channel_id=f"{s.id_prefix}em-{call_id}",
+            bridge_name=f"{s.app}:{caller.id}",
+        )
+        values = {
+            "call_id": call_id,
+            "channel_id": caller.id,
+            "caller": caller.caller_number,
+            "called": caller.exten,
+        }
+        bot_url, dialect_name = resolve_bot(s.bot_url, s.dialect, args, values)
+        info = CallInfo(call_id, caller.id, caller.caller_number, caller.exten)
+        call_log = log.bind(call_id=call_id, channel_id=caller.id)
+        dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)
+        if transport not in TRANSPORTS:
+            call_log.error("bad_transport", transport=transport)
+            transport = s.transport  # for the leg object only: the call is rejected
+        media = self._media
+        call = self._call(
+            ids=ids,
+            caller=caller,
+            bot_url=bot_url,
+            rest=self._rest,
+            leg_factory=lambda c: media.leg(transport, c, call_log),
+            dialect=dialect,
+            info=info,
+            log=call_log,
+            reject=reject,
+            transport=transport,
+        )
+        self._registry.add(call, transport, rejected=bool(reject))
+        call.start()
+        return call
+
+    # ---- calls from the dialplan alone (no ARI) -------------------------------------------
+
+    def dialplan_audiosocket_call(self, uuid_: Any, leg: MediaLeg) -> Call | None:
+        # AudioSocket carries nothing but the UUID: no caller number, no extension.
+        return self._dialplan_call(leg, "audiosocket", channel_id="", values={}, params={
+            "audiosocket_uuid": str(uuid_)})  # fmt: skip
+
+    def dialplan_websocket_call(
+        self, leg: Any, params: dict[str, str], media_start: Any
+    ) -> Call | None:
+        values = {"caller": params.get("from", ""), "called": params.get("to", "")}
+        return self._dialplan_call(leg, "websocket", channel_id=leg.channel_id or "",
+                                   values=values, params=params)  # fmt: skip
+
+    def _dialplan_call(
+        self,
+        leg: MediaLeg,
+        transport: str,
+        *,
+        channel_id: str,
+        values: dict[str, str],
+        params: dict[str, str],
+    ) -> Call | None:
+        """The new call, or None when it was refused (its start ended it): the listener then
+        closes the connection without a hang-up, so the dialplan goes on."""
+        s = self._settings
+        call_id = uuid.uuid4().hex
+        call_log = log.bind(call_id=call_id, channel_id=channel_id or None, transport=transport)
+        caller, called = values.get("caller", ""), values.get("called", "")
+        bot_name = params.get("bot")
+        template = dict(s.bot_map).get(bot_name, "") if bot_name else s.bot_url
+        reject = "" if template else f"unknown bot {bot_name!r} (not in --bot-map)"
+        # Asterisk brought the media itself: no transport resource to run out of here.
+        reject = reject or self._admission(None)
+        url_values = {"call_id": call_id, "channel_id": channel_id, "caller": caller,
+                      "called": called}  # fmt: skip
+        bot_url, dialect_name = resolve_bot(template or s.bot_url, s.dialect,
+                                            [f"dialect={params['dialect']}"]
+                                            if params.get("dialect") else [], url_values)
+        custom = {k: v for k, v in params.items() if k not in ("bot", "dialect")}
+        info = CallInfo(call_id, channel_id, caller, called, custom)
+        dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)
+        ids = CallIds(call_id=call_id, caller_id="", bridge_id="", media_channel_id="")
+        call = self._call(ids=ids, caller=None, bot_url=bot_url, rest=None,
+                          leg_factory=lambda _c: leg, dialect=dialect, info=info,
+                          log=call_log, reject=reject, transport=transport)  # fmt: skip
+        self._registry.add(call, transport, rejected=bool(reject))
+        call.start()
+        # A refused call is over already; the leg it never bound must not be served.
+        return None if call.finished.done() else call
+
+    # ---- shared ---------------------------------------------------------------------------
+
+    def _dialect_for(
+        self, name: str, info: CallInfo, call_log: Any, reject: str
+    ) -> tuple[BotDialect, str]:
+        try:
+            return create_dialect(name, info, self._rate), reject
+        except ConfigError as exc:
+            # A typo in the dialplan's arguments: speaking the wrong dialect would give the
+            # caller silence, so the caller goes to the fallback, loudly.
+            call_log.error("bad_dialect", error=str(exc))
+            dialect = create_dialect(self._settings.dialect, info, self._rate)
+            return dialect, reject or f"unknown dialect {name!r}"
+
+    def _call(self, **kwargs: Any) -> Call:
+        s = self._settings
+        return Call(
+            app=s.app,
+            bot_connect_timeout=s.bot_connect_timeout,
+            setup_timeout=s.setup_timeout,
+            on_finished=self._on_finished,
+            fallback=self._fallback,
+            bot_options={
+                "stall_timeout": s.bot_stall_timeout,
+                "ca_file": s.bot_ca_file,
+                "headers": s.bot_headers,
+            },
+            observers=self._observers,
+            **kwargs,
+        )

@@ -1,0 +1,138 @@
+"""Start-up sweep and resync after every events-socket (re)connect.
+
+Asterisk replays nothing after a reconnect (asterisk-facts §16), so the bridge asks it what
+exists (`/applications/{app}`, `/channels`, `/bridges`) and reconciles, beside the event
+stream rather than in front of it:
+
+1. Our calls: a caller gone while we were deaf ends its call; a call whose bridge or media
+   channel is gone (Asterisk restarted) cannot carry audio any more.
+2. What an earlier run of this service left behind (crash, kill -9): only what is provably
+   this service's — our id prefix, and our app (in the bridge's name; the channel in our
+   app) — so a second process never sweeps the first's.
+3. Callers waiting in the app that nobody serves (an earlier run took them and died) get the
+   fallback, after a grace and a second look, so a StasisStart still in flight on the events
+   socket is not mistaken for an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ari.models import Bridge, Channel
+from ari.rest import AriRestClient
+from bridge.call.commands import HangupRequested
+from bridge.errors import BridgeError
+from bridge.logs import get_logger
+from bridge.service.config import Settings
+from bridge.service.registry import CallRegistry
+
+log = get_logger("bridge")
+
+# How long a caller found waiting in the app, unknown to us, may still turn out to be one
+# whose StasisStart is just behind the listing on the events socket.
+ORPHAN_GRACE = 1.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        rest: AriRestClient,
+        registry: CallRegistry,
+        on_orphan: Callable[[Channel], None],
+    ) -> None:
+        self._settings = settings
+        self._rest = rest
+        self._registry = registry
+        self._on_orphan = on_orphan
+        self._task: asyncio.Task[None] | None = None
+        self.swept = 0  # leftovers of earlier runs deleted
+        self.resyncs = 0
+        self.resynced = asyncio.Event()
+
+    def start(self) -> None:
+        """Reconcile now, in the background; a resync still running is replaced."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._resync())
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def is_ours(self, channel_id: str) -> bool:
+        return channel_id.startswith(self._settings.id_prefix)
+
+    def is_orphan(self, channel: Channel) -> bool:
+        return (
+            not self.is_ours(channel.id)
+            and not channel.is_media_channel
+            and channel.id not in self._registry.by_channel
+        )
+
+    async def _resync(self) -> None:
+        try:
+            await self._reconcile()
+        except BridgeError as exc:
+            log.warning("resync_failed", error=str(exc))
+        except Exception:
+            log.exception("resync_crashed")
+        finally:
+            self.resyncs += 1
+            self.resynced.set()
+
+    async def _reconcile(self) -> None:
+        s, registry, rest = self._settings, self._registry, self._rest
+        in_app, channels, bridges = await self._listing()
+        channel_ids = {c.id for c in channels}
+        bridge_ids = {b.id for b in bridges}
+        for call in registry:
+            if call.state not in ("setup", "up", "draining") or not call.ids.caller_id:
+                continue  # ending already, or a call from the dialplan (not in ARI)
+            if call.ids.caller_id not in in_app:
+                call.log.info("resync_caller_gone")
+                call.feed(HangupRequested("caller left while events were down", caller_gone=True))
+            elif call.state != "setup" and call.ids.call_id in registry.active and (
+                call.ids.bridge_id not in bridge_ids or call.ids.media_channel_id not in channel_ids
+            ):
+                call.log.warning("resync_media_path_gone")
+                call.feed(HangupRequested("bridge or media channel gone", fallback=True))
+        for bridge in sorted(bridges, key=lambda b: b.id):
+            if (
+                bridge.id.startswith(f"{s.id_prefix}br-")
+                and bridge.name.rpartition(":")[0] == s.app
+                and bridge.id not in registry.by_bridge
+            ):
+                await self._sweep("bridge", bridge.id, rest.delete_bridge)
+        for channel in channels:
+            if (
+                channel.id.startswith(f"{s.id_prefix}em-")
+                and channel.id in in_app
+                and channel.id not in registry.by_channel
+            ):
+                await self._sweep("channel", channel.id, rest.hangup)
+        orphans = {c.id for c in channels if c.id in in_app and self.is_orphan(c)}
+        if not orphans:
+            return
+        await asyncio.sleep(ORPHAN_GRACE)
+        in_app, channels, _bridges = await self._listing()
+        for channel in channels:
+            if channel.id in in_app and channel.id in orphans and self.is_orphan(channel):
+                log.warning("orphan_caller", channel_id=channel.id)
+                self._on_orphan(channel)
+
+    async def _listing(self) -> tuple[set[str], list[Channel], list[Bridge]]:
+        app = await self._rest.application(self._settings.app)
+        in_app = {c for c in app.get("channel_ids") or [] if isinstance(c, str)}
+        return in_app, await self._rest.list_channels(), await self._rest.list_bridges()
+
+    async def _sweep(self, kind: str, ident: str, delete: Any) -> None:
+        try:
+            await delete(ident)
+        except BridgeError as exc:
+            log.warning("sweep_failed", kind=kind, id=ident, error=str(exc))
+            return
+        self.swept += 1
+        log.info("swept_leftover", kind=kind, id=ident)
