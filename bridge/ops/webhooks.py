@@ -57,7 +57,7 @@ from bridge.errors import ConfigError
 from bridge.logs import get_logger, redact_url
 from bridge.ops.delivery import Delivery, DeliveryQueue, RetryPolicy, Verdict
 from bridge.ops.spool import NewRow, Spool
-from bridge.service.config import _read_secret_file
+from bridge.secrets import read_secret_file
 
 EVENT_TYPES = frozenset(
     {
@@ -77,7 +77,7 @@ _T = TypeVar("_T")
 def load_webhook_secret(path: str) -> str:
     """The `whsec_...` secret in `path` (`--webhook-secret-file`); ConfigError if the file is
     world-readable or the key is not base64. The messages never hold the secret."""
-    secret = _read_secret_file(path, "--webhook-secret-file").strip()
+    secret = read_secret_file(path, "--webhook-secret-file").strip()
     check_secret(secret)
     return secret
 

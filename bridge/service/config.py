@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from bridge.errors import ConfigError
 from bridge.media.factory import TRANSPORTS, parse_listen
 from bridge.media.ports import PortPool, parse_port_range
+from bridge.secrets import read_secret_file
 
 FORMATS = ("ulaw", "alaw", "slin", "slin16")
 CONTROL_FORMATS = ("plain", "json")
@@ -69,6 +71,20 @@ class Settings:
     id_prefix: str = "pcb-"
     log_format: str = "console"
     log_level: str = "info"
+    # The operations surface (bridge/ops): HTTP API and /metrics; "" turns it off. Bound to
+    # anything but loopback it requires a bearer token.
+    http_listen: str = "127.0.0.1:8089"
+    http_token: str = ""  # from --http-token-file; never logged
+    # Pipecat's TwilioFrameSerializer(base_url=...) hangs calls up through this account.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""  # from --twilio-auth-token-file; never logged
+    # An expected dialplan call (POST /calls/expected) not used within this long expires.
+    expect_ttl: float = 30.0
+    # Lifecycle webhooks: global receivers, the whsec_ secret, the spool (default: the
+    # systemd StateDirectory).
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret_file: str = ""
+    webhook_spool: str = ""
 
     @property
     def ari_enabled(self) -> bool:
@@ -144,6 +160,22 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--id-prefix", "id_prefix", "prefix of the bridge and channel ids this service creates"),
     ("--log-format", "log_format", "json (systemd) or console"),
     ("--log-level", "log_level", "debug, info, warning, error"),
+    ("--http-listen", "http_listen", "HOST:PORT of the HTTP API and /metrics ('' = off)"),
+    (
+        "--http-token-file",
+        "http_token_file",
+        "file holding the API's bearer token (required off loopback)",
+    ),
+    ("--twilio-account-sid", "twilio_account_sid", "account SID for Twilio-style hang-ups"),
+    (
+        "--twilio-auth-token-file",
+        "twilio_auth_token_file",
+        "file holding the auth token for Twilio-style hang-ups",
+    ),
+    ("--expect-ttl", "expect_ttl", "seconds an expected dialplan call waits for its media"),
+    ("--webhook-url", "webhook_urls", "lifecycle webhook receivers: URL[,URL...]"),
+    ("--webhook-secret-file", "webhook_secret_file", "file holding the whsec_ signing secret"),
+    ("--webhook-spool", "webhook_spool", "SQLite file of undelivered webhooks"),
 )
 
 
@@ -155,6 +187,7 @@ _INTS = (
     "max_calls",
 )
 _FLOATS = (
+    "expect_ttl",
     "bot_connect_timeout",
     "bot_stall_timeout",
     "setup_timeout",
@@ -172,10 +205,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipecat-bridge", description="Asterisk ARI ExternalMedia <-> Pipecat bot bridge"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the bridge service")
+    _add_settings_flags(sub.add_parser("run", help="run the bridge service"))
+    check = sub.add_parser(
+        "check",
+        help="check Asterisk, the bot and this machine for the settings `run` would use",
+        description="Runs the checks a person would and prints each as OK, WARN or FAIL with "
+        "what to change; exits 1 if any failed (warnings do not fail).",
+    )
+    _add_settings_flags(check)
+    check.add_argument(
+        "--asterisk-etc",
+        dest="asterisk_etc",
+        default=None,
+        help="Asterisk's config directory on this machine (default: ARI's ASTETCDIR) "
+        "[$BRIDGE_ASTERISK_ETC]",
+    )
+    return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every Settings field: `run` and `check` take the same ones."""
     for flag, field, help_text in _FLAGS:
-        run.add_argument(flag, dest=field, default=None, help=f"{help_text} [${_env_name(field)}]")
-    run.add_argument(
+        parser.add_argument(
+            flag, dest=field, default=None, help=f"{help_text} [${_env_name(field)}]"
+        )
+    parser.add_argument(
         "--no-silence-fill",
         dest="silence_fill",
         action="store_const",
@@ -183,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="send no RTP while the bot is quiet [$BRIDGE_SILENCE_FILL=false]",
     )
-    run.add_argument(
+    parser.add_argument(
         "--no-caller-silence-fill",
         dest="caller_silence_fill",
         action="store_const",
@@ -192,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the bot nothing while the caller sends no RTP "
         "[$BRIDGE_CALLER_SILENCE_FILL=false]",
     )
-    return parser
 
 
 def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -210,7 +263,21 @@ def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Sett
         raw["ari_password"] = password
     headers_file = raw.pop("bot_headers_file", None)
     bot_map = _parse_bot_map(raw.pop("bot_map", ""))
-    settings = dataclasses.replace(_validate(raw), bot_map=bot_map)
+    http_token = _secret_from(raw.pop("http_token_file", ""), "--http-token-file")
+    twilio_token = _secret_from(raw.pop("twilio_auth_token_file", ""), "--twilio-auth-token-file")
+    webhook_urls = _parse_urls(raw.pop("webhook_urls", ""), "--webhook-url", ("http", "https"))
+    settings = dataclasses.replace(
+        _validate(raw),
+        bot_map=bot_map,
+        webhook_urls=webhook_urls,
+        http_token=http_token,
+        twilio_auth_token=twilio_token,
+    )
+    http = parse_listen(settings.http_listen, "--http-listen")
+    if http is not None and not _is_loopback(http[0]) and not settings.http_token:
+        raise ConfigError(
+            f"--http-listen {settings.http_listen} is not loopback: give --http-token-file"
+        )
     if headers_file:
         headers = _read_headers_file(headers_file)
         if urlsplit(settings.bot_url).username is not None and any(
@@ -240,26 +307,14 @@ def _password(namespace: argparse.Namespace, env: Mapping[str, str]) -> str | No
 
 
 def _read_password_file(path: str) -> str:
-    return _read_secret_file(path, "--ari-password-file").strip()
-
-
-def _read_secret_file(path: str, flag: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if os.fstat(fh.fileno()).st_mode & 0o004:
-                # A secret anyone on the VM can read is not a secret; refuse rather than warn,
-                # since the log line would be missed and the file left as it is.
-                raise ConfigError(f"{flag} {path} is world-readable: chmod o-r it")
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {flag}: {exc.strerror}") from None
+    return read_secret_file(path, "--ari-password-file").strip()
 
 
 def _read_headers_file(path: str) -> tuple[tuple[str, str], ...]:
     """'Name: value' per line; blank lines and # comments skipped. Values are secrets (bearer
     tokens): errors name the line number, never its text."""
     headers: list[tuple[str, str]] = []
-    text = _read_secret_file(path, "--bot-headers-file")
+    text = read_secret_file(path, "--bot-headers-file")
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -270,6 +325,27 @@ def _read_headers_file(path: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"--bot-headers-file line {number} is not 'Name: value'")
         headers.append((name, value))
     return tuple(headers)
+
+
+def _secret_from(path: str, flag: str) -> str:
+    return read_secret_file(path, flag).strip() if path else ""
+
+
+def _parse_urls(text: str, flag: str, schemes: tuple[str, ...]) -> tuple[str, ...]:
+    urls = tuple(u for u in text.replace(" ", ",").split(",") if u)
+    for url in urls:
+        if urlsplit(url).scheme not in schemes or not urlsplit(url).hostname:
+            raise ConfigError(f"{flag} must be {'|'.join(schemes)}:// URLs, got {url!r}")
+    return urls
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_bot_map(text: str) -> tuple[tuple[str, str], ...]:
