@@ -22,6 +22,8 @@ Kept from the recordings / facts file:
 Fault knobs (none of them recorded; each follows what Asterisk does, as documented where it is):
 * `fail_next` / `delay_next`: one request answers an error, or is slow (and then performed or
   lost), for any method and path (`bridge.tools.sim.faults`);
+* `system`: the Asterisk version, which modules are loaded, global variables such as ASTETCDIR
+  (`bridge.tools.sim.system`: an older or misconfigured Asterisk for `pipecat-bridge check`);
 * `restart()` (`crash()` + `boot()`): the process dies: every socket closes without a close
   frame, all state is forgotten without an event, connections are refused for a while, then an
   empty Asterisk answers on the same port;
@@ -67,6 +69,7 @@ from bridge.tools.sim.dialplan import AsteriskDialplan
 from bridge.tools.sim.faults import Fault, FaultTable
 from bridge.tools.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
 from bridge.tools.sim.recording import FIXTURES_DIR
+from bridge.tools.sim.system import SimSystem
 from bridge.tools.sim.templates import Reply, dumps, error_reply
 
 __all__ = [
@@ -139,6 +142,8 @@ class SimulatedAsterisk(AsteriskDialplan):
             history=history,
         )
         self.user, self.password = user, password
+        # /asterisk/info, modules, global variables; the version and modules knobs.
+        self.system = SimSystem(fixtures_dir)
         self.port = port
         self.requests: list[SimRequest] = []
         self._sockets: list[_EventSocket] = []
@@ -168,7 +173,10 @@ class SimulatedAsterisk(AsteriskDialplan):
                 ("GET", r"/ari/applications", self._list_applications),
                 ("GET", r"/ari/applications/(?P<app>[^/]+)", self._get_application),
                 ("GET", r"/ari/asterisk/ping", self._ping),
-                ("GET", r"/ari/asterisk/info", self._info),
+                ("GET", r"/ari/asterisk/info", self.system.info),
+                ("GET", r"/ari/asterisk/modules", self.system.list_modules),
+                ("GET", r"/ari/asterisk/modules/(?P<name>[^/]+)", self.system.get_module),
+                ("GET", r"/ari/asterisk/variable", self.system.get_global_var),
             )
         ]
 
@@ -466,7 +474,7 @@ class SimulatedAsterisk(AsteriskDialplan):
         return error_reply(404, "Resource not found")
 
     def _response(self, reply: Reply) -> web.Response:
-        headers = {"Server": SERVER, "Cache-Control": "no-cache, no-store"}
+        headers = {"Server": self.system.server, "Cache-Control": "no-cache, no-store"}
         if reply.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="Asterisk REST Interface"'
         reason = reply.reason or HTTPStatus(reply.status).phrase
@@ -499,7 +507,7 @@ class SimulatedAsterisk(AsteriskDialplan):
             return self._response(error_reply(400, "Missing param 'app'"))
         # A short close timeout: stop() must not hang on a client that stopped reading.
         ws = web.WebSocketResponse(autoping=True, max_msg_size=64 * 1024, timeout=1.0)
-        ws.headers["Server"] = SERVER
+        ws.headers["Server"] = self.system.server
         await ws.prepare(request)
         entry.status = 101
         sock = _EventSocket(ws, request.transport, subscribed=self.app in apps)

@@ -317,6 +317,3 @@ class AsteriskResources(ExternalTransports):
     async def _ping(self, q: dict[str, str]) -> Reply:
         values = {"timestamp": format_timestamp(time.time()), "asterisk_id": ASTERISK_ID}
         return Reply(200, reshape(self._templates.ping, values))
-
-    async def _info(self, q: dict[str, str]) -> Reply:
-        return Reply(200, dict(self._templates.info))
