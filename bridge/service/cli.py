@@ -1,10 +1,12 @@
-"""`pipecat-bridge run ...`: the systemd entry point."""
+"""`pipecat-bridge run ...`: the systemd entry point; `pipecat-bridge check ...`: the same
+settings checked against Asterisk, the bot and this machine (`bridge.service.check`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -12,7 +14,8 @@ from typing import Any
 
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging, get_logger
-from bridge.service.config import Settings, parse_settings
+from bridge.service.check import run_check
+from bridge.service.config import Settings, build_parser, settings_from
 from bridge.service.controller import Controller
 
 log = get_logger("bridge.service.cli")
@@ -66,11 +69,15 @@ class _Stopper:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    namespace = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        settings = settings_from(namespace, os.environ)
     except ConfigError as exc:
         print(f"pipecat-bridge: {exc}", file=sys.stderr)
         return 2
+    if namespace.command == "check":
+        etc = namespace.asterisk_etc or os.environ.get("BRIDGE_ASTERISK_ETC", "")
+        return asyncio.run(run_check(settings, etc))
     configure_logging(settings.log_format, settings.log_level)
     # Everything imported so far lives as long as the process: keep it out of the cyclic
     # collector's full passes, which otherwise stall the event loop (and so the 20 ms RTP
