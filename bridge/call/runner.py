@@ -86,6 +86,7 @@ class Call:
         transport: str = "",
         direction: Direction = Direction.INBOUND,
         observers: Sequence[CallObserver] = (),
+        webhook_url: str = "",
     ) -> None:
         """An ARI call has its `caller` channel and the ARI `rest` session; a call from the
         dialplan alone (`caller` None) runs a DialplanCallMachine and needs no REST.
@@ -112,6 +113,7 @@ class Call:
         self._transport = transport
         self._direction = direction
         self._observers = tuple(observers)
+        self._webhook_url = webhook_url
         self.bot_bad_messages = 0
         self.bot_audio_bytes = 0
         self.dtmf_sent = 0
@@ -172,6 +174,7 @@ class Call:
             ended_by=m.ended_by,
             fallback=m.used_fallback,
             media=media,
+            webhook_url=self._webhook_url,
         )
 
     def _milestone(self, name: str) -> None:
@@ -197,6 +200,7 @@ class Call:
         else:
             self.log.info("call_started", bot_url=redact_url(self.machine.bot_url),
                           dialect=self._dialect.name)
+        self._publish(Milestone("started"))
         self._pump()
 
     def feed(self, event: AriEvent | MachineInput) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge.call.commands import EndedBy
 from bridge.call.machine import CallState, StateChanged
+from bridge.logs import redact_url
 
 
 class Direction(enum.StrEnum):
@@ -53,6 +54,7 @@ class CallView:
     ended_by: EndedBy | None = None
     fallback: bool = False
     media: Mapping[str, int] = field(default_factory=dict)
+    webhook_url: str = ""  # this call's own lifecycle receiver, if any
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "media", MappingProxyType(dict(self.media)))
@@ -78,6 +80,7 @@ class CallView:
         data["direction"] = self.direction.value
         data["ended_by"] = self.ended_by.value if self.ended_by else None
         data["media"] = dict(self.media)
+        data["webhook_url"] = redact_url(self.webhook_url)
         data["duration"] = self.duration
         data["talk_time"] = self.talk_time
         return data

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from ari.models import Channel
 from ari.rest import AriRestClient
@@ -103,6 +104,7 @@ class CallFactory:
             log=call_log,
             reject=reject,
             transport=transport,
+            webhook_url=_webhook_arg(args, call_log),
         )
         self._registry.add(call, transport, rejected=bool(reject))
         call.start()
@@ -189,3 +191,12 @@ class CallFactory:
             observers=self._observers,
             **kwargs,
         )
+
+
+def _webhook_arg(args: Sequence[str], call_log: Any) -> str:
+    """A Stasis argument `webhook_url=https://...`: this call's own lifecycle receiver."""
+    url = option_from_args(args, "webhook_url") or ""
+    if url and urlsplit(url).scheme not in ("http", "https"):
+        call_log.warning("bad_webhook_url", webhook_url=url)
+        return ""
+    return url

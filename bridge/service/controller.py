@@ -26,6 +26,7 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.logs import get_logger
 from bridge.media.factory import MediaFactory
 from bridge.media.ticker import Ticker
+from bridge.ops.lifecycle import webhooks_from_settings
 from bridge.service.calls import CallFactory
 from bridge.service.config import Settings
 from bridge.service.reconcile import Reconciler
@@ -67,6 +68,8 @@ class Controller:
             on_finished=self._call_finished,
         )
         self.reconciler = Reconciler(settings, self.rest, self.registry, self._orphan)
+        self.webhooks = webhooks_from_settings(settings)
+        self.observers.append(self.webhooks)
         self.events = AriEventsSocket(
             events_url(settings.ari_url, settings.app, settings.ari_user, settings.ari_password),
             self.on_event,
@@ -113,6 +116,7 @@ class Controller:
             await self.media.start()
         except OSError as exc:
             raise ConfigError(f"cannot listen for media: {exc.strerror or exc}") from None
+        await self.webhooks.sender.start()
         self.listening.set()
         log.info(
             "bridge_starting",
@@ -166,6 +170,8 @@ class Controller:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.all_idle.wait(), grace)
         await self.media.close()
+        # What is not delivered by now stays in the spool for the next start.
+        await self.webhooks.sender.close(grace=1.0)
         await self.events.close()
         await self.rest.close()
         log.info(

@@ -25,7 +25,11 @@ async def test_every_change_of_a_call_reaches_the_observers_with_a_fresh_view() 
         final: CallView = await asyncio.wait_for(ended, 10)
         await rig.wait_idle()
     changes = [c for _, c in seen]
-    assert [c.name for c in changes if isinstance(c, Milestone)] == ["answered", "bot_connected"]
+    assert [c.name for c in changes if isinstance(c, Milestone)] == [
+        "started",
+        "answered",
+        "bot_connected",
+    ]
     states = [(c.old, c.new) for c in changes if isinstance(c, StateChanged)]
     assert states == [
         (CallState.SETUP, CallState.UP),
