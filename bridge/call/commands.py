@@ -197,6 +197,9 @@ class HangupRequested:
     caller_gone: bool = False
     fallback: bool = False  # hand the caller to the fallback instead of hanging up
     by: EndedBy | None = None  # None: the bridge (or the caller, with caller_gone)
+    # Play out what the bot queued first, then hang up (as when the bot closes normally):
+    # a bot's REST hang-up never clips its goodbye.
+    drain: bool = False
 
 
 class EndedBy(enum.StrEnum):

@@ -77,6 +77,7 @@ class DialplanCallMachine(Outbox):
         super().__init__()
         self._bot = _Res.GONE
         self._leg = _Res.UP
+        self._goodbye: tuple[str, EndedBy] | None = None  # a hang-up after the play-out
         if reject:
             self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         else:
@@ -113,7 +114,10 @@ class DialplanCallMachine(Outbox):
             self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
         elif isinstance(event, PlayoutDrained):
             if self.state is CallState.DRAINING:
-                self._end("bot ended the call", by=EndedBy.BOT)
+                reason, by = self._goodbye or ("bot ended the call", EndedBy.BOT)
+                self._end(reason, by=by)
+        elif isinstance(event, HangupRequested) and event.drain and self._bot is not _Res.CREATING:
+            self._drain_then_end(event)
         elif isinstance(event, HangupRequested):
             self._end(event.reason, fallback=event.fallback, by=event.by or EndedBy.BRIDGE)
         # ARI events never concern a dialplan call.
@@ -130,6 +134,13 @@ class DialplanCallMachine(Outbox):
         elif isinstance(cmd, CloseMedia):
             self._leg = _Res.GONE
         self._maybe_finish()
+
+    def _drain_then_end(self, event: HangupRequested) -> None:
+        """Hang up once what the bot queued has played out (as when it closes normally)."""
+        if self.state is CallState.UP:
+            self._goodbye = (event.reason, event.by or EndedBy.BRIDGE)
+            self._goto(CallState.DRAINING)
+            self._emit(DrainPlayout())
 
     def _on_bot_closed(self, event: BotClosed) -> None:
         was_up = self._bot is _Res.UP

@@ -195,6 +195,9 @@ class CallMachine(Outbox):
         self._bridging = False
         self._hangup_caller = True
         self._bot_said_goodbye = False  # closed normally before the call was up
+        # A hang-up asked for after the play-out (HangupRequested(drain=True)): its reason and
+        # who asked, used once PlayoutDrained comes.
+        self._goodbye: tuple[str, EndedBy] | None = None
         self.fallback = fallback or Fallback()
         self._clock = clock or (lambda: now)
         self.answered = False
@@ -245,7 +248,8 @@ class CallMachine(Outbox):
             self._on_bot_closed(event)
         elif isinstance(event, PlayoutDrained):
             if self.state is CallState.DRAINING:
-                self._end("bot ended the call", by=EndedBy.BOT)
+                reason, by = self._goodbye or ("bot ended the call", EndedBy.BOT)
+                self._end(reason, by=by)
         elif isinstance(event, MediaFailed):
             self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
         elif isinstance(event, MediaEnded):
@@ -253,6 +257,8 @@ class CallMachine(Outbox):
                 self._media_ended_deadline = self._clock() + MEDIA_ENDED_GRACE
         elif isinstance(event, MediaDtmf):
             pass  # the caller's ChannelDtmfReceived carries the same digit: forward that one
+        elif isinstance(event, HangupRequested) and event.drain and not event.caller_gone:
+            self._drain_then_end(event)
         elif isinstance(event, HangupRequested):
             if event.caller_gone:
                 self._caller_gone()
@@ -427,12 +433,21 @@ class CallMachine(Outbox):
             self.bot_res = Res.UP
         self._maybe_up()
 
+    def _drain_then_end(self, event: HangupRequested) -> None:
+        """Hang up once what the bot queued has played out; before the call is up, once it
+        is (what the bot queued by then is heard out too)."""
+        if self.state in (CallState.SETUP, CallState.UP) and self._goodbye is None:
+            self._goodbye = (event.reason, event.by or EndedBy.BRIDGE)
+        if self.state is CallState.UP:
+            self._goto(CallState.DRAINING)
+            self._emit(DrainPlayout())
+
     def _maybe_up(self) -> None:
         if self.state is not CallState.SETUP or not self.bridged:
             return
-        if self.bot_res is Res.UP:
+        if self.bot_res is Res.UP and self._goodbye is None:
             self._goto(CallState.UP)
-        elif self._bot_said_goodbye:
+        elif self._bot_said_goodbye or (self._goodbye is not None and self.bot_res is Res.UP):
             # A bot that spoke and hung up before the bridge was ready is still heard out.
             self._goto(CallState.UP)
             self._goto(CallState.DRAINING)

@@ -14,6 +14,7 @@ from bridge.call.commands import (
     CommandFailed,
     ConnectBot,
     DrainPlayout,
+    EndedBy,
     Finished,
     HangupRequested,
     MediaDtmf,
@@ -136,3 +137,18 @@ def test_every_transition_is_in_the_table() -> None:
     assert TRANSITIONS[CallState.ENDED] == frozenset()
     for state in CallState:
         assert state in TRANSITIONS
+
+
+def test_hangup_with_drain_plays_out_then_hangs_up_through_the_leg() -> None:
+    machine, _ = up_call()
+    machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    assert machine.state is CallState.DRAINING
+    assert [type(c) for c in machine.commands_to_send()] == [DrainPlayout]
+    machine.handle(HangupRequested("again", by=EndedBy.BOT, drain=True))
+    assert machine.commands_to_send() == []
+    machine.handle(PlayoutDrained())
+    commands = answer_teardown(machine)
+    assert [type(c) for c in commands] == [CloseBot, CloseMedia, Finished]
+    assert commands[1].hangup  # type: ignore[union-attr]
+    assert_finished(machine, "bot hung up (REST)")
+    assert machine.ended_by is EndedBy.BOT

@@ -23,6 +23,7 @@ from bridge.call.commands import (
     CreateExternalMedia,
     DeleteBridge,
     DrainPlayout,
+    EndedBy,
     Finished,
     HangupChannel,
     HangupRequested,
@@ -351,3 +352,58 @@ def test_media_stream_closing_with_the_callers_hangup_is_just_a_hangup() -> None
     h.event('"type":"StasisEnd"')
     assert h.machine.end_reason == "caller hung up"
     assert h.machine.next_timer() is None
+
+
+def test_hangup_with_drain_plays_out_then_hangs_up_by_whoever_asked() -> None:
+    h = Harness()
+    h.setup_to_up()
+    h.take()
+    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    assert types(h.take()) == [DrainPlayout]  # the bot's queued goodbye is heard first
+    assert h.machine.state is CallState.DRAINING
+    h.machine.handle(BotClosed(1000, ""))  # its socket closing changes nothing
+    h.machine.handle(HangupRequested("again", by=EndedBy.BOT, drain=True))
+    assert h.take() == []
+    h.machine.handle(PlayoutDrained())
+    teardown = h.take()
+    assert types(teardown) == [HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
+    for cmd in teardown:
+        h.done(cmd)
+    assert types(h.take()) == [Finished]
+    assert (h.machine.end_reason, h.machine.ended_by) == ("bot hung up (REST)", EndedBy.BOT)
+
+
+def test_hangup_with_drain_while_the_bot_is_still_up_closes_it_after_the_play_out() -> None:
+    h = Harness()
+    h.setup_to_up()
+    h.take()
+    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    h.take()
+    h.machine.handle(PlayoutDrained())
+    assert types(h.take()) == [CloseBot, HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
+
+
+def test_hangup_with_drain_during_setup_waits_for_the_call_to_be_up() -> None:
+    h = Harness()
+    open_media, bridge, _bot = h.answered()
+    h.machine.handle(BotConnected())
+    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    assert h.machine.state is CallState.SETUP and h.take() == []
+    h.done(open_media, EM_PARAMS)
+    (create_em,) = h.take()
+    h.done(bridge)
+    h.done(create_em, h.em_channel)
+    h.media_stasis_start()
+    h.done(h.take()[-1])
+    assert types(h.take()) == [DrainPlayout]
+    assert h.machine.state is CallState.DRAINING
+
+
+def test_hangup_without_drain_cuts_the_play_out() -> None:
+    h = Harness()
+    h.setup_to_up()
+    h.machine.handle(BotClosed(1000, ""))
+    h.take()
+    h.machine.handle(HangupRequested("operator", by=EndedBy.API))
+    assert types(h.take()) == [HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
+    assert h.machine.ended_by is EndedBy.API
