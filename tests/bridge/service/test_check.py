@@ -15,8 +15,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from bridge.service import check as chk
-from bridge.service.check import (
+from bridge.service import check_rules as chk
+from bridge.service.check import run_check
+from bridge.service.check_rules import (
     AriFacts,
     BotProbe,
     ConfFile,
@@ -25,7 +26,6 @@ from bridge.service.check import (
     Result,
     Status,
     evaluate,
-    run_check,
 )
 from bridge.service.cli import main
 from bridge.service.config import _FLAGS, Settings, build_parser, parse_settings
