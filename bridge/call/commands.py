@@ -55,7 +55,30 @@ class AddChannels:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ConnectBot:
+    """Open a bot session. `resume` > 0: a re-dial after a drop, the call's `resume`-th
+    resumed session, to be opened within `budget` seconds (None: the configured timeout)."""
+
     url: str
+    resume: int = 0
+    budget: float | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClearPlayout:
+    """Drop the bot audio queued to the caller (a dropped bot's audio is stale)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StartHold:
+    """The bot is away: give the caller the configured hold audio (silence, a comfort
+    tone, Asterisk's music on hold on `channel_id`; "" for a call from the dialplan)."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StopHold:
+    channel_id: str
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -127,6 +150,9 @@ Command = (
     | StartMedia
     | AddChannels
     | ConnectBot
+    | ClearPlayout
+    | StartHold
+    | StopHold
     | SendDtmf
     | DrainPlayout
     | CloseBot

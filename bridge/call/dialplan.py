@@ -14,22 +14,30 @@ or delete. So the call connects its bot, relays until one side ends, and closes 
   the leg is closed *without* a hang-up: `AudioSocket()` returns and the dialplan goes on by
   itself; `Dial(...,g)` continues the same way.
 - DTMF comes in the media stream itself (`MediaDtmf`).
+- The bot drops mid-call with a redeploy's close code: BOT_AWAY, as for an ARI call
+  (`bridge.call.reconnect`): the playout is cleared, the caller held (silence or the tone:
+  music on hold needs ARI, so here it is silence) and the bot re-dialled; the window's end
+  without a session is the fallback (the dialplan goes on).
 
 The states and their transitions are the ARI machine's (`bridge.call.machine.TRANSITIONS`):
 
     SETUP --bot connected--> UP --bot closed normally--> DRAINING
-      |                       |                             |
+      |                     |  ^                            |
+      |         bot dropped v  | re-dial connected          |
+      |                   BOT_AWAY                          |
       +------ any end --------+--------- any end -----------+--> ENDING --> ENDED
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from ari.events import AriEvent
 from bridge.call.commands import (
     BotClosed,
     BotConnected,
+    ClearPlayout,
     CloseBot,
     CloseMedia,
     Command,
@@ -46,8 +54,11 @@ from bridge.call.commands import (
     Outbox,
     PlayoutDrained,
     SendDtmf,
+    StartHold,
+    StopHold,
 )
 from bridge.call.machine import TRANSITIONS, CallState, Fallback, MachineInput, StateChanged
+from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects
 from bridge.errors import CallStateError
 
 
@@ -63,8 +74,17 @@ class DialplanCallMachine(Outbox):
     bridge_unsure = False
 
     def __init__(
-        self, call_id: str, bot_url: str, now: float, setup_timeout: float, *, reject: str = ""
+        self,
+        call_id: str,
+        bot_url: str,
+        now: float,
+        setup_timeout: float,
+        *,
+        reject: str = "",
+        reconnect: ReconnectPolicy | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` (monotonic seconds) is read only to time a bot's outage."""
         self.call_id = call_id
         self.bot_url = bot_url
         self.state = CallState.SETUP
@@ -78,6 +98,9 @@ class DialplanCallMachine(Outbox):
         self._bot = _Res.GONE
         self._leg = _Res.UP
         self._goodbye: tuple[str, EndedBy] | None = None  # a hang-up after the play-out
+        self.reconnects = Reconnects(reconnect or OFF)
+        self.dtmf_dropped = 0  # the caller's digits while the bot was away
+        self._clock = clock or (lambda: now)
         if reject:
             self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         else:
@@ -87,11 +110,16 @@ class DialplanCallMachine(Outbox):
     # ---- the runner's API (as CallMachine's) --------------------------------------------
 
     def next_timer(self) -> float | None:
+        if self.state is CallState.BOT_AWAY:
+            away = (self.reconnects.deadline, self.reconnects.next_dial_at)
+            return min((d for d in away if d is not None), default=None)
         return self._setup_deadline if self.state is CallState.SETUP else None
 
     def handle_timer(self, now: float) -> None:
         if self.state is CallState.SETUP and now >= self._setup_deadline:
             self._end("setup timed out", fallback=True, by=EndedBy.BRIDGE)
+        elif self.state is CallState.BOT_AWAY:
+            self._redial_or_give_up(now)
 
     def handle(self, event: MachineInput | AriEvent) -> None:
         if self.state is CallState.ENDED:
@@ -99,14 +127,14 @@ class DialplanCallMachine(Outbox):
         if isinstance(event, CommandDone | CommandFailed):
             self._answered(event.command, failed=isinstance(event, CommandFailed))
         elif isinstance(event, BotConnected):
-            if self._bot is _Res.CREATING:
-                self._bot = _Res.UP
-                self._goto(CallState.UP)
+            self._on_bot_connected()
         elif isinstance(event, BotClosed):
             self._on_bot_closed(event)
         elif isinstance(event, MediaDtmf):
             if self._bot is _Res.UP:
                 self._emit(SendDtmf(event.digit))
+            elif self.state is CallState.BOT_AWAY:
+                self.dtmf_dropped += 1
         elif isinstance(event, MediaEnded):
             self._leg = _Res.GONE
             self._end("caller hung up", by=EndedBy.CALLER)
@@ -128,7 +156,10 @@ class DialplanCallMachine(Outbox):
         self._pending.discard(cmd)
         if isinstance(cmd, ConnectBot) and failed:
             self._bot = _Res.GONE
-            self._end("ConnectBot failed", fallback=True, by=EndedBy.BOT)
+            if self.state is not CallState.BOT_AWAY or not self.reconnects.dial_failed(
+                self._clock()
+            ):
+                self._end("ConnectBot failed", fallback=True, by=EndedBy.BOT)
         elif isinstance(cmd, CloseBot):
             self._bot = _Res.GONE
         elif isinstance(cmd, CloseMedia):
@@ -141,10 +172,29 @@ class DialplanCallMachine(Outbox):
             self._goodbye = (event.reason, event.by or EndedBy.BRIDGE)
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
+        elif self.state is CallState.BOT_AWAY:  # nothing queued to play out
+            self._end(event.reason, by=event.by or EndedBy.BRIDGE)
+
+    def _on_bot_connected(self) -> None:
+        if self._bot is not _Res.CREATING:
+            return
+        self._bot = _Res.UP
+        if self.state is CallState.BOT_AWAY:
+            self.reconnects.resumed(self._clock())
+            self._emit(StopHold(""))
+        self._goto(CallState.UP)
 
     def _on_bot_closed(self, event: BotClosed) -> None:
         was_up = self._bot is _Res.UP
         self._bot = _Res.GONE
+        up = was_up and self.state is CallState.UP
+        if up and not self.reconnects.on_drop(event.code, self._clock()):
+            self._goto(CallState.BOT_AWAY)
+            # Not a resource here: no ARI channel, the runner answers it at once.
+            self._emit(ClearPlayout())
+            self._emit(StartHold(""))
+            self._redial_or_give_up(self._clock())
+            return
         if was_up and event.code == 1000 and self.state is CallState.UP:
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
@@ -155,6 +205,16 @@ class DialplanCallMachine(Outbox):
                 by=EndedBy.BOT,
             )
         self._maybe_finish()
+
+    def _redial_or_give_up(self, now: float) -> None:
+        r = self.reconnects
+        if r.deadline is not None and now >= r.deadline:
+            self._end(f"bot did not come back within {r.policy.window:g} s (it closed with "
+                      f"code {r.drop_code})", fallback=True, by=EndedBy.BOT)  # fmt: skip
+        elif r.next_dial_at is not None and now >= r.next_dial_at and self._bot is _Res.GONE:
+            budget = r.dial_started(now)
+            self._bot = _Res.CREATING
+            self._emit(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
 
     def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):

@@ -16,8 +16,17 @@ flight waits for its answer, else it could 404 and leak). The call is ENDED when
 teardown command has been answered.
 
     SETUP --bridged and bot connected--> UP --bot closed normally--> DRAINING
-      |                                   |                              |
+      |                                 |  ^                             |
+      |               bot dropped (1012) v  | a re-dial connected        |
+      |                                BOT_AWAY                          |
       +-------- any end ------------------+-------- any end -------------+--> ENDING --> ENDED
+
+A bot that drops while the call is up (a redeploy's close code, `bridge.call.reconnect`)
+does not end the call: BOT_AWAY clears the playout, holds the caller (StartHold: silence, a
+tone or music on hold, a resource like the others) and re-dials at the policy's backoff times
+(ConnectBot with `resume`). A session that connects takes the call back to UP (StopHold); the
+outage's deadline with no session ends the call with the fallback. A re-dial in flight when
+the call ends is abandoned (CloseBot), as at set-up.
 
 All transitions go through `_goto`, which checks them against TRANSITIONS.
 """
@@ -44,6 +53,7 @@ from bridge.call.commands import (
     Answer,
     BotClosed,
     BotConnected,
+    ClearPlayout,
     CloseBot,
     CloseMedia,
     Command,
@@ -67,8 +77,11 @@ from bridge.call.commands import (
     PlayoutDrained,
     PlaySound,
     SendDtmf,
+    StartHold,
     StartMedia,
+    StopHold,
 )
+from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects, is_redeploy
 from bridge.errors import CallStateError
 
 # The longest a fallback sound may hold the caller before the fallback goes ahead anyway: a
@@ -79,6 +92,7 @@ PLAYBACK_CAP = 30.0
 class CallState(enum.Enum):
     SETUP = "setup"
     UP = "up"
+    BOT_AWAY = "bot_away"  # the bot dropped mid-call: holding the caller, re-dialling
     DRAINING = "draining"
     ENDING = "ending"
     ENDED = "ended"
@@ -86,7 +100,8 @@ class CallState(enum.Enum):
 
 TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.SETUP: frozenset({CallState.UP, CallState.ENDING}),
-    CallState.UP: frozenset({CallState.DRAINING, CallState.ENDING}),
+    CallState.UP: frozenset({CallState.DRAINING, CallState.BOT_AWAY, CallState.ENDING}),
+    CallState.BOT_AWAY: frozenset({CallState.UP, CallState.ENDING}),
     CallState.DRAINING: frozenset({CallState.ENDING}),
     CallState.ENDING: frozenset({CallState.ENDED}),
     CallState.ENDED: frozenset(),
@@ -172,6 +187,7 @@ class CallMachine(Outbox):
         fallback: Fallback | None = None,
         reject: str = "",
         clock: Callable[[], float] | None = None,
+        reconnect: ReconnectPolicy | None = None,
     ) -> None:
         """`reject`: do not set the call up at all, hand the caller straight to the
         fallback for this reason (bridge full, draining). `clock` (monotonic seconds) is only
@@ -189,6 +205,9 @@ class CallMachine(Outbox):
         self.media_res = Res.NONE  # the ExternalMedia channel
         self.leg_res = Res.NONE  # our local media endpoint
         self.bot_res = Res.NONE
+        self.hold_res = Res.NONE  # what the caller hears while the bot is away
+        self.reconnects = Reconnects(reconnect or OFF)
+        self.dtmf_dropped = 0  # the caller's digits while the bot was away
         self.media_in_stasis = False
         self.media_channel: Channel | None = None
         self.bridged = False
@@ -224,6 +243,9 @@ class CallMachine(Outbox):
         deadlines = [d for d in pending if d is not None]
         if self.state is CallState.SETUP:
             deadlines.append(self._setup_deadline)
+        if self.state is CallState.BOT_AWAY:
+            away = (self.reconnects.deadline, self.reconnects.next_dial_at)
+            deadlines.extend(d for d in away if d is not None)
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -234,6 +256,8 @@ class CallMachine(Outbox):
         if self._media_ended_deadline is not None and now >= self._media_ended_deadline:
             self._media_ended_deadline = None
             self._end("media stream closed by Asterisk", fallback=True, by=EndedBy.ASTERISK)
+        if self.state is CallState.BOT_AWAY:
+            self._redial_or_give_up(now)
 
     def handle(self, event: MachineInput) -> None:
         if self.state is CallState.ENDED:
@@ -253,7 +277,8 @@ class CallMachine(Outbox):
         elif isinstance(event, MediaFailed):
             self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
         elif isinstance(event, MediaEnded):
-            if self.state in (CallState.SETUP, CallState.UP, CallState.DRAINING):
+            if self.state in (CallState.SETUP, CallState.UP, CallState.BOT_AWAY,
+                              CallState.DRAINING):  # fmt: skip
                 self._media_ended_deadline = self._clock() + MEDIA_ENDED_GRACE
         elif isinstance(event, MediaDtmf):
             pass  # the caller's ChannelDtmfReceived carries the same digit: forward that one
@@ -277,6 +302,8 @@ class CallMachine(Outbox):
         elif isinstance(event, ChannelDtmfReceived):
             if event.channel.id == self.ids.caller_id and self.bot_res is Res.UP:
                 self._emit(SendDtmf(event.digit))
+            elif event.channel.id == self.ids.caller_id and self.state is CallState.BOT_AWAY:
+                self.dtmf_dropped += 1
         elif isinstance(event, ChannelHangupRequest | StasisEnd | ChannelDestroyed):
             self._on_channel_leaving(event.channel.id)
         elif isinstance(event, BridgeDestroyed) and event.bridge.id == self.ids.bridge_id:
@@ -302,6 +329,8 @@ class CallMachine(Outbox):
         self._hangup_caller = False
         if self.caller_res in (Res.UP, Res.DELETING):
             self.caller_res = Res.GONE
+        if self.hold_res is Res.UP:
+            self.hold_res = Res.GONE  # it went with the caller's channel
         if self._caller_plan or self._caller_step is not None:
             self._caller_plan.clear()
             self._caller_step = None
@@ -347,7 +376,9 @@ class CallMachine(Outbox):
             self._bridging = False
             self.bridged = True
             self._maybe_up()
-        elif isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
+        elif isinstance(cmd, StartHold):
+            self._created("hold_res", StopHold(self.ids.caller_id))
+        elif isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot | StopHold):
             self._teardown_done(cmd)
         self._maybe_finish()
 
@@ -378,9 +409,14 @@ class CallMachine(Outbox):
             # A failed delete is final either way: 404 means gone already, anything else is
             # logged by the runner and cannot be retried forever.
             self._teardown_done(cmd)
+        elif isinstance(cmd, StartHold | StopHold):
+            self.hold_res = Res.GONE  # never the call's end: the caller hears silence instead
         elif isinstance(cmd, ConnectBot):
             self.bot_res = Res.GONE
-        if not isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
+            if self.state is CallState.BOT_AWAY and self.reconnects.dial_failed(self._clock()):
+                return  # the next re-dial comes with the timer
+        if not isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot | StartHold
+                          | StopHold):  # fmt: skip
             by = EndedBy.BOT if isinstance(cmd, ConnectBot) else EndedBy.BRIDGE
             self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True, by=by)
         self._advance_caller()
@@ -431,6 +467,8 @@ class CallMachine(Outbox):
     def _on_bot_connected(self) -> None:
         if self.bot_res is Res.CREATING:
             self.bot_res = Res.UP
+        if self.state is CallState.BOT_AWAY and self.bot_res is Res.UP:
+            self._resumed()
         self._maybe_up()
 
     def _drain_then_end(self, event: HangupRequested) -> None:
@@ -441,6 +479,8 @@ class CallMachine(Outbox):
         if self.state is CallState.UP:
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
+        elif self.state is CallState.BOT_AWAY:  # nothing queued to play out
+            self._end(event.reason, by=event.by or EndedBy.BRIDGE)
 
     def _maybe_up(self) -> None:
         if self.state is not CallState.SETUP or not self.bridged:
@@ -456,17 +496,50 @@ class CallMachine(Outbox):
     def _on_bot_closed(self, event: BotClosed) -> None:
         was_up = self.bot_res is Res.UP
         self.bot_res = Res.GONE
+        why_not = ""
+        if was_up and self.state is CallState.UP:
+            why_not = self.reconnects.on_drop(event.code, self._clock())
+            if not why_not:
+                self._bot_away()
+                return
         if was_up and event.code == 1000 and self.state is CallState.UP:
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
         elif was_up and event.code == 1000 and self.state is CallState.SETUP:
             self._bot_said_goodbye = True
         elif self.state in (CallState.SETUP, CallState.UP):
+            resumed = self.reconnects.policy.enabled and is_redeploy(event.code)
             self._end(
-                f"bot closed abnormally (code {event.code} {event.reason})".rstrip(),
+                f"bot closed abnormally (code {event.code} {event.reason})".rstrip()
+                + (f"; not resumed: {why_not}" if resumed and why_not else ""),
                 fallback=True,
                 by=EndedBy.BOT,
             )
+
+    # ---- the bot away (bridge.call.reconnect) --------------------------------------------
+
+    def _bot_away(self) -> None:
+        self._goto(CallState.BOT_AWAY)
+        self._emit(ClearPlayout())  # the dropped session's audio, and its marks, are stale
+        if self.hold_res in (Res.NONE, Res.GONE):
+            self.hold_res = Res.CREATING
+            self._emit(StartHold(self.ids.caller_id))
+        self._redial_or_give_up(self._clock())
+
+    def _redial_or_give_up(self, now: float) -> None:
+        r = self.reconnects
+        if r.deadline is not None and now >= r.deadline:
+            self._end(f"bot did not come back within {r.policy.window:g} s (it closed with "
+                      f"code {r.drop_code})", fallback=True, by=EndedBy.BOT)  # fmt: skip
+        elif r.next_dial_at is not None and now >= r.next_dial_at and self.bot_res is Res.GONE:
+            budget = r.dial_started(now)
+            self.bot_res = Res.CREATING
+            self._emit(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
+
+    def _resumed(self) -> None:
+        self.reconnects.resumed(self._clock())
+        self._goto(CallState.UP)
+        self._teardown("hold_res", StopHold(self.ids.caller_id))
 
     # ---- teardown -----------------------------------------------------------------------
 
@@ -481,6 +554,7 @@ class CallMachine(Outbox):
             self._emit_teardown(CloseBot(send_stop=True))
             self.bot_res = Res.DELETING
         self._teardown("media_res", HangupChannel(self.ids.media_channel_id))
+        self._teardown("hold_res", StopHold(self.ids.caller_id))
         if self._hangup_caller and self.caller_res is Res.UP:
             self.caller_res = Res.DELETING
             self._caller_plan = self._plan_for_caller(fallback)
@@ -506,8 +580,9 @@ class CallMachine(Outbox):
         """Issue the caller's next step, once nothing of ours still holds the caller."""
         if self._caller_step is not None or not self._caller_plan:
             return
-        if self._caller_plan[0] != "hangup" and self.bridge_res not in (Res.NONE, Res.GONE):
-            return  # the bridge's delete (or creation) is still in flight
+        held = (self.bridge_res, self.hold_res)
+        if self._caller_plan[0] != "hangup" and any(r not in (Res.NONE, Res.GONE) for r in held):
+            return  # the bridge's (or music on hold's) delete or creation is still in flight
         step = self._caller_plan.pop(0)
         caller = self.ids.caller_id
         cmd: Command
@@ -574,6 +649,9 @@ class CallMachine(Outbox):
             self.leg_res = Res.GONE
         elif isinstance(cmd, CloseBot):
             self.bot_res = Res.GONE
+        elif isinstance(cmd, StopHold):
+            self.hold_res = Res.GONE
+            self._advance_caller()
 
     def _maybe_finish(self) -> None:
         if self.state is not CallState.ENDING or self._pending:
@@ -583,7 +661,8 @@ class CallMachine(Outbox):
         # With no delete pending, a resource still CREATING/DELETING is a creation in flight:
         # its answer will tell whether there is something left to delete.
         busy = (Res.CREATING, Res.DELETING)
-        resources = (self.bridge_res, self.media_res, self.leg_res, self.bot_res, self.caller_res)
+        resources = (self.bridge_res, self.media_res, self.leg_res, self.bot_res, self.caller_res,
+                     self.hold_res)  # fmt: skip
         if any(res in busy for res in resources):
             return
         self._goto(CallState.ENDED)
