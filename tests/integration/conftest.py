@@ -38,6 +38,7 @@ def settings_for(sim: SimulatedAsterisk, echo_bot_url: str, **overrides: object)
         # Port 0: a fresh port per test, so a listener still closing never blocks the next.
         "audiosocket_listen": "127.0.0.1:0",
         "websocket_listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "log_level": "warning",
     }
     base.update(overrides)
