@@ -26,6 +26,7 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.logs import get_logger
 from bridge.media.factory import MediaFactory
 from bridge.media.ticker import Ticker
+from bridge.ops.http_api import HttpApi
 from bridge.ops.lifecycle import webhooks_from_settings
 from bridge.service.calls import CallFactory
 from bridge.service.config import Settings
@@ -77,6 +78,7 @@ class Controller:
         )
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.listening = asyncio.Event()  # the media listeners are bound (run() started)
+        self.http_api = HttpApi(self)  # --http-listen, from run(); keeps ended calls' views
 
     # What tests and the operations surface read; the registry and reconciler own them.
     @property
@@ -139,6 +141,7 @@ class Controller:
                 hint="RTP sockets listen on every interface; bind the Asterisk-facing address",
             )
         try:
+            await self.http_api.start()
             if s.ari_enabled:
                 await self.rest.open()
                 await self.events.run()
@@ -172,6 +175,7 @@ class Controller:
         await self.media.close()
         # What is not delivered by now stays in the spool for the next start.
         await self.webhooks.sender.close(grace=1.0)
+        await self.http_api.close()
         await self.events.close()
         await self.rest.close()
         log.info(
