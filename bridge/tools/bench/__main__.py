@@ -135,6 +135,7 @@ class Bench:
             "BRIDGE_SETUP_TIMEOUT": "60", "BRIDGE_REST_TIMEOUT": "20",
             "BRIDGE_TRANSPORT": self.args.transport,
             "BRIDGE_AUDIOSOCKET_LISTEN": "127.0.0.1:0", "BRIDGE_WEBSOCKET_LISTEN": "127.0.0.1:0",
+            "BRIDGE_HTTP_LISTEN": "127.0.0.1:0" if self.args.http else "",
         })  # fmt: skip
         if self.args.transport == "audiosocket":
             env["BRIDGE_FORMAT"] = "slin"
@@ -284,6 +285,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bots", default="echo,bursty")
     parser.add_argument("--transport", choices=TRANSPORTS, default="rtp",
                         help="media between the fake Asterisk and the relay (naive: rtp only)")
+    parser.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
+                        help="the bridge's HTTP API and /metrics listener on (default) or off, "
+                             "to show what it costs the media path")
     parser.add_argument("--relays", default="bridge,naive",
                         help="bridge, bridge+uvloop, naive; the first is the one under test")
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,

@@ -243,7 +243,7 @@ def _settings(args: argparse.Namespace, sim: SimulatedAsterisk, bot: EchoBot) ->
         ari_password="" if args.dialplan else sim.password, app=sim.app,
         bot_url=bot.url, rtp_host="127.0.0.1", rtp_ports=(31000, 31999),
         transport=args.transport, format=args.format,
-        audiosocket_listen="127.0.0.1:0", websocket_listen="127.0.0.1:0",
+        audiosocket_listen="127.0.0.1:0", websocket_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
         log_level=args.log_level,
     )  # fmt: skip
 
