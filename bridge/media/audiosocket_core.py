@@ -177,6 +177,7 @@ class AudioSocketCore:
             "rx_silence_filled": self._fill.filled if self._fill is not None else 0,
             **self.counters,
             **self.outbound.counters,
+            "tx_queued_ms": self.outbound.queued_ms,
         }
 
 

@@ -77,6 +77,12 @@ class Outbound:
             "tx_overflow_bursts": 0,
         }
 
+    @property
+    def queued_ms(self) -> int:
+        """Bot audio queued and not played out yet, in ms (read at a metrics scrape)."""
+        queue = self.playout.queue
+        return queue.queued_bytes * PTIME_MS // queue.frame_bytes
+
     def play(self, audio: bytes) -> None:
         playout = self.playout
         if not playout.playing:

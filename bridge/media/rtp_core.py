@@ -147,6 +147,7 @@ class RtpCore:
             "rx_packets": reorder.delivered,
             "rx_silence_filled": self._fill.filled if self._fill is not None else 0,
             **self.outbound.counters,
+            "tx_queued_ms": self.outbound.queued_ms,
             **self.counters,
             "rx_lost": reorder.lost,
             "rx_late": reorder.late,

@@ -8,12 +8,16 @@ once per frame and lets every call send its frame in the same pass. Deadlines ar
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from typing import Protocol
 
 from bridge.logs import get_logger
 from rtp.pacer import DeadlineClock
 
 log = get_logger("bridge.media.ticker")
+
+# Upper bounds (seconds) of the wake-up lateness buckets the metrics read (`lateness_counts`).
+LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 class Tickable(Protocol):
@@ -31,6 +35,11 @@ class Ticker:
         self._clock: DeadlineClock | None = None
         self._handle: asyncio.TimerHandle | None = None
         self.ticks = 0
+        # For the metrics, plain ints: wake-ups by lateness past their deadline (one slot per
+        # LATENESS_BUCKETS bound, the last for later still), their sum, frame times skipped.
+        self.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
+        self.lateness_sum = 0.0
+        self.skipped_frames = 0
 
     def add(self, member: Tickable) -> None:
         self._members[id(member)] = member
@@ -52,12 +61,17 @@ class Ticker:
         assert clock is not None
         loop = asyncio.get_running_loop()
         skipped_before = clock.skipped_total
-        frames = clock.due(loop.time())
+        now, deadline = loop.time(), clock.next_deadline
+        frames = clock.due(now)
         skipped = clock.skipped_total - skipped_before
         if skipped:
+            self.skipped_frames += skipped
             log.warning("ticker_stall", skipped_frames=skipped, calls=len(self._members))
         self.ticks += 1
         if frames:
+            late = now - deadline
+            self.lateness_counts[bisect_left(LATENESS_BUCKETS, late)] += 1
+            self.lateness_sum += late
             for member in list(self._members.values()):
                 try:
                     member.on_tick(frames, skipped)

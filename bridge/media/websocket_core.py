@@ -449,6 +449,7 @@ class WebSocketMediaCore:
             "rx_packets": self.rx_frames,
             "rx_silence_filled": self._fill.filled if self._fill is not None else 0,
             **self.outbound.counters,
+            "tx_queued_ms": self.outbound.queued_ms,
             **self.counters,
             "marks_pending": len(self._pending),
         }

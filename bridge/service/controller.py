@@ -28,6 +28,7 @@ from bridge.media.factory import MediaFactory
 from bridge.media.ticker import Ticker
 from bridge.ops.http_api import HttpApi
 from bridge.ops.lifecycle import webhooks_from_settings
+from bridge.ops.metrics import BridgeMetrics
 from bridge.service.calls import CallFactory
 from bridge.service.config import Settings
 from bridge.service.reconcile import Reconciler
@@ -47,6 +48,8 @@ class Controller:
         self.registry = CallRegistry()
         # Readers of the calls' read model (bridge.call.view), told of every change.
         self.observers: list[CallObserver] = []
+        self.metrics = BridgeMetrics(self)  # GET /metrics; reads the rest at a scrape
+        self.observers.append(self.metrics.observe)
         self.draining = False
         self.media = MediaFactory(
             settings,

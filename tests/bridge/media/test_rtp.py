@@ -397,7 +397,7 @@ def test_stats_keys() -> None:
         "rx_packets", "rx_silence_filled", "rx_lost", "rx_late", "rx_duplicate", "rx_reordered",
         "rx_jumps", "rx_ssrc_changes", "rx_restarts", "rx_bad", "rx_wrong_source", "rx_wrong_pt",
         "rx_oversize", "rx_before_start", "icmp_errors", "tx_packets", "tx_silence",
-        "tx_overflow_bytes", "tx_overflow_bursts",
+        "tx_overflow_bytes", "tx_overflow_bursts", "tx_queued_ms",
     }  # fmt: skip
     assert not any(leg.stats().values())
 
