@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from bridge.call.commands import (
     Answer,
     BotClosed,
     BotConnected,
+    ClearPlayout,
     CloseBot,
     CloseMedia,
     Command,
@@ -43,9 +45,12 @@ from bridge.call.commands import (
     PlayoutDrained,
     PlaySound,
     SendDtmf,
+    StartHold,
     StartMedia,
+    StopHold,
 )
 from bridge.call.dialplan import DialplanCallMachine
+from bridge.call.hold import CallerHold
 from bridge.call.machine import (
     CallIds,
     CallMachine,
@@ -54,6 +59,7 @@ from bridge.call.machine import (
     MachineInput,
     StateChanged,
 )
+from bridge.call.reconnect import OFF, ReconnectPolicy
 from bridge.call.view import CallChange, CallView, Direction, Milestone
 from bridge.errors import AriHttpError, BotProtocolError, BridgeError
 from bridge.logs import redact_url
@@ -87,6 +93,7 @@ class Call:
         direction: Direction = Direction.INBOUND,
         observers: Sequence[CallObserver] = (),
         webhook_url: str = "",
+        reconnect: ReconnectPolicy | None = None,
     ) -> None:
         """An ARI call has its `caller` channel and the ARI `rest` session; a call from the
         dialplan alone (`caller` None) runs a DialplanCallMachine and needs no REST.
@@ -117,12 +124,21 @@ class Call:
         self.bot_bad_messages = 0
         self.bot_audio_bytes = 0
         self.dtmf_sent = 0
+        # A bot that drops mid-call and is re-dialled (bridge.call.reconnect).
+        self._reconnect = reconnect or OFF
+        self.bot_reconnects = 0
+        self.caller_frames_dropped = 0  # the caller's audio while the bot was away
+        self.bot_marks_dropped = 0  # marks of a dropped session, never echoed
+        self._earlier_bots = (0, 0)  # sent, dropped by the sessions before this one
+        self._dropped_at = 0.0
+        self._drop_code: int | None = None
         self.machine: CallMachine | DialplanCallMachine
         if caller is None:
             self._times["answered"] = self._times["started"]  # Asterisk answered it
             self.machine = DialplanCallMachine(
-                ids.call_id, bot_url, self._loop.time(), setup_timeout, reject=reject
-            )
+                ids.call_id, bot_url, self._loop.time(), setup_timeout, reject=reject,
+                reconnect=self._reconnect, clock=self._loop.time,
+            )  # fmt: skip
         else:
             self.machine = CallMachine(
                 ids,
@@ -133,8 +149,10 @@ class Call:
                 fallback=fallback,
                 reject=reject,
                 clock=self._loop.time,
+                reconnect=self._reconnect,
             )
         self.leg = leg_factory(self)
+        self._hold = CallerHold(self._reconnect.hold, self.leg, rest, self._loop)
         self._to_bot = Transcoder(self.leg.formats.rx, dialect.audio)
         self._from_bot = Transcoder(dialect.audio, self.leg.formats.tx)
         self.finished = self._loop.create_future()
@@ -151,10 +169,13 @@ class Call:
         media = {
             **self.leg.stats(),
             "bot_audio_bytes": self.bot_audio_bytes,
-            "bot_sent": bot.sent if bot else 0,
-            "bot_dropped": bot.dropped if bot else 0,
+            "bot_sent": self._earlier_bots[0] + (bot.sent if bot else 0),
+            "bot_dropped": self._earlier_bots[1] + (bot.dropped if bot else 0),
             "bot_bad_messages": self.bot_bad_messages,
             "dtmf": self.dtmf_sent,
+            "bot_reconnects": self.bot_reconnects,
+            "caller_frames_dropped": self.caller_frames_dropped,
+            "dtmf_dropped": self.machine.dtmf_dropped,
         }
         return CallView(
             id=self.ids.call_id,
@@ -230,7 +251,14 @@ class Call:
 
     def _execute(self, cmd: Command) -> None:
         if isinstance(cmd, ConnectBot):
-            self._connect_task = self._spawn(cmd, self._connect_bot(cmd.url))
+            self._connect_task = self._spawn(cmd, self._connect_bot(cmd))
+        elif isinstance(cmd, ClearPlayout):
+            self.leg.clear()  # releases the dropped session's marks (on_marks_played)
+            self._from_bot.reset()
+        elif isinstance(cmd, StartHold):
+            self._spawn(cmd, self._hold.start(cmd.channel_id))
+        elif isinstance(cmd, StopHold):
+            self._spawn(cmd, self._hold.stop(cmd.channel_id))
         elif isinstance(cmd, SendDtmf):
             self._send_dtmf(cmd.digit)
         elif isinstance(cmd, DrainPlayout):
@@ -338,6 +366,8 @@ class Call:
         if self._bot_up:
             assert self._bot is not None
             self._bot.send(self._dialect.encode_audio(self._to_bot.convert(payload)))
+        elif self.machine.state is CallState.BOT_AWAY:
+            self.caller_frames_dropped += 1
 
     def on_marks_played(self, names: list[str]) -> None:
         if self._bot_up:
@@ -346,6 +376,9 @@ class Call:
                 message = self._dialect.encode_mark(name)
                 if message is not None:
                     self._bot.send(message)
+        elif names and self.machine.state is CallState.BOT_AWAY:
+            self.bot_marks_dropped += len(names)
+            self.log.info("bot_marks_dropped", marks=len(names), why="their session dropped")
 
     def on_caller_dtmf(self, digit: str) -> None:
         self.feed(MediaDtmf(digit))
@@ -361,22 +394,39 @@ class Call:
 
     # ---- bot ----------------------------------------------------------------------------
 
-    async def _connect_bot(self, url: str) -> None:
+    async def _connect_bot(self, cmd: ConnectBot) -> None:
+        """A new session, also for a re-dial (`cmd.resume`): the same call, told it resumes."""
+        timeout = self._bot_connect_timeout
         bot = BotConnection(
-            url,
+            cmd.url,
             on_message=self._on_bot_message,
-            on_closed=self._on_bot_closed,
-            open_timeout=self._bot_connect_timeout,
+            on_closed=lambda code, reason: self._on_bot_closed(bot, code, reason),
+            open_timeout=timeout if cmd.budget is None else min(timeout, cmd.budget),
             log=self.log,
             **self._bot_options,
         )
+        if self._bot is not None:
+            earlier = self._earlier_bots
+            self._earlier_bots = (earlier[0] + self._bot.sent, earlier[1] + self._bot.dropped)
         self._bot = bot
         await bot.connect()
-        for message in self._dialect.opening_messages(self._info):
+        info = self._info
+        if cmd.resume:
+            resumed = {"resumed": "true", "resume_count": str(cmd.resume)}
+            info = dataclasses.replace(info, custom={**info.custom, **resumed})
+        for message in self._dialect.opening_messages(info):
             bot.send(message)
         self._bot_up = True
-        self.log.info("bot_connected")
+        if cmd.resume:
+            self.bot_reconnects += 1
+            self.log.info("bot_reconnected", code=self._drop_code, resume_count=cmd.resume,
+                          gap_ms=round((self._loop.time() - self._dropped_at) * 1000),
+                          caller_frames_dropped=self.caller_frames_dropped)  # fmt: skip
+        else:
+            self.log.info("bot_connected")
         self.machine.handle(BotConnected())
+        if cmd.resume:
+            self._publish(Milestone("bot_reconnected"))
         self._milestone("bot_connected")
 
     async def _close_bot(self, cmd: CloseBot) -> None:
@@ -421,8 +471,11 @@ class Call:
         elif isinstance(event, BotIgnored):
             self.log.debug("bot_message_ignored", reason=event.reason)
 
-    def _on_bot_closed(self, code: int | None, reason: str) -> None:
+    def _on_bot_closed(self, bot: BotConnection, code: int | None, reason: str) -> None:
+        if bot is not self._bot:
+            return  # an earlier session's, already replaced
         self._bot_up = False
+        self._dropped_at, self._drop_code = self._loop.time(), code
         self.log.info("bot_closed", code=code, reason=reason)
         self.feed(BotClosed(code, reason))
 
@@ -432,6 +485,7 @@ class Call:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._hold.close()
         self.leg.close()
         current = asyncio.current_task()
         for task in self._tasks:
@@ -456,4 +510,4 @@ class Call:
 
 
 def _is_teardown(cmd: Command) -> bool:
-    return isinstance(cmd, HangupChannel | DeleteBridge | CloseBot | CloseMedia)
+    return isinstance(cmd, HangupChannel | DeleteBridge | CloseBot | CloseMedia | StopHold)

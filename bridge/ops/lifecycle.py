@@ -3,6 +3,8 @@
     Milestone started                    -> call.started
     Milestone answered (outbound calls)  -> call.answered
     Milestone bot_connected              -> call.bot_connected
+    Milestone bot_reconnected            -> call.bot_reconnected (a dropped bot resumed the
+                                            call; media.bot_reconnects counts them)
     StateChanged to ENDED                -> call.failed (the caller got the fallback: which
                                             step, why), then call.ended (every call)
 
@@ -46,7 +48,7 @@ def events_for(view: CallView, change: CallChange) -> list[str]:
     return []
 
 
-_MILESTONES = frozenset({"started", "answered", "bot_connected"})
+_MILESTONES = frozenset({"started", "answered", "bot_connected", "bot_reconnected"})
 
 
 def _data(view: CallView, event_type: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from bridge.bot.dialects import create_dialect
 from bridge.bot.dialects.base import BotDialect, CallInfo
 from bridge.bot.url import option_from_args, resolve_bot
 from bridge.call.machine import CallIds, Fallback
+from bridge.call.reconnect import ReconnectPolicy
 from bridge.call.runner import Call, CallObserver
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
@@ -189,6 +190,9 @@ class CallFactory:
                 "headers": s.bot_headers,
             },
             observers=self._observers,
+            reconnect=ReconnectPolicy(
+                s.bot_reconnect_window, s.bot_reconnect_max, s.bot_reconnect_hold
+            ),
             **kwargs,
         )
 

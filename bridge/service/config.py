@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bridge.call.reconnect import HOLD_MODES, ReconnectPolicy
 from bridge.errors import ConfigError
 from bridge.media.factory import TRANSPORTS, parse_listen
 from bridge.media.ports import PortPool, parse_port_range
@@ -59,6 +60,11 @@ class Settings:
     bot_stall_timeout: float = 5.0
     bot_ca_file: str = ""
     bot_headers: tuple[tuple[str, str], ...] = ()
+    # A bot dropping mid-call (1001/1006/1011/1012/1013) is re-dialled for this long (0: off),
+    # at most this many times per call, the caller hearing silence, a tone or music on hold.
+    bot_reconnect_window: float = 3.0
+    bot_reconnect_max: int = 3
+    bot_reconnect_hold: str = "silence"
     fallback: str = "hangup"
     fallback_context: str = ""
     fallback_extension: str = "s"
@@ -147,6 +153,17 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
         "--bot-headers-file",
         "bot_headers_file",
         "file of 'Name: value' lines sent when connecting to the bot",
+    ),
+    (
+        "--bot-reconnect-window",
+        "bot_reconnect_window",
+        "seconds a bot that drops mid-call may take to come back (0: end the call at once)",
+    ),
+    ("--bot-reconnect-max", "bot_reconnect_max", "most resumed bot sessions per call"),
+    (
+        "--bot-reconnect-hold",
+        "bot_reconnect_hold",
+        f"what the caller hears while the bot is away: {', '.join(HOLD_MODES)}",
     ),
     ("--fallback", "fallback", "when the bot fails or the bridge is full: hangup or continue"),
     ("--fallback-context", "fallback_context", "dialplan context for --fallback continue"),
@@ -386,6 +403,7 @@ def _validate(raw: dict[str, str]) -> Settings:
     for name in ("silence_fill", "caller_silence_fill"):
         if name in raw:
             kwargs[name] = _bool(raw[name], name)
+    kwargs.update(_reconnect_settings(raw))
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     if settings.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
@@ -424,6 +442,22 @@ def _validate(raw: dict[str, str]) -> Settings:
             "$BRIDGE_ARI_PASSWORD, or --audiosocket-listen / --websocket-listen"
         )
     return settings
+
+
+def _reconnect_settings(raw: dict[str, str]) -> dict[str, object]:
+    """--bot-reconnect-window (>= 0 seconds), --bot-reconnect-max (>= 0), --bot-reconnect-hold."""
+    defaults = Settings()
+    try:
+        window = float(raw.get("bot_reconnect_window", defaults.bot_reconnect_window))
+        most = int(raw.get("bot_reconnect_max", defaults.bot_reconnect_max))
+    except ValueError as exc:
+        raise ConfigError(f"bad number: {exc}") from None
+    hold = raw.get("bot_reconnect_hold", defaults.bot_reconnect_hold)
+    try:
+        ReconnectPolicy(window, most, hold)
+    except ValueError as exc:
+        raise ConfigError(f"--bot-{str(exc).replace(' ', '-', 1)}") from None
+    return {"bot_reconnect_window": window, "bot_reconnect_max": most, "bot_reconnect_hold": hold}
 
 
 def _bool(text: str, field: str) -> bool:

@@ -165,6 +165,8 @@ class SimulatedAsterisk(AsteriskDialplan):
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/continue", self._continue),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/play", self._play_media),
                 ("GET", r"/ari/channels/(?P<cid>[^/]+)/variable", self._get_variable),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/moh", self._start_moh),
+                ("DELETE", r"/ari/channels/(?P<cid>[^/]+)/moh", self._stop_moh),
                 ("GET", r"/ari/bridges", self._list_bridges),
                 ("POST", r"/ari/bridges", self._create_bridge),
                 ("GET", r"/ari/bridges/(?P<bid>[^/]+)", self._get_bridge),

@@ -60,6 +60,7 @@ class SimChannel:
     pending_start: asyncio.TimerHandle | None = None  # UnicastRTP StasisStart not sent yet
     playback: SimPlayback | None = None  # playing now
     playback_end: asyncio.TimerHandle | None = None
+    moh: str | None = None  # the music on hold class playing to it (POST .../moh), if any
     queued: deque[Callable[[], None]] = field(default_factory=deque)  # Stasis commands waiting
 
     def cancel_timers(self) -> None:

@@ -147,6 +147,25 @@ class AsteriskResources(ExternalTransports):
             after=lambda: self._when_idle(ch, lambda: self._start_playback(ch, playback)),
         )
 
+    async def _start_moh(self, q: dict[str, str], cid: str) -> Reply:
+        """POST /channels/{id}/moh (ast_ari_channels_start_moh): 404 "Channel not found",
+        409 "Channel not in Stasis application", 412 for a channel not up yet; else 204, the
+        music (`mohClass`, else the channel's default class) queued on its command queue."""
+        return self._moh_command(cid, q.get("mohClass") or "default")
+
+    async def _stop_moh(self, q: dict[str, str], cid: str) -> Reply:
+        """DELETE /channels/{id}/moh: the same answers; 204 also when nothing was playing."""
+        return self._moh_command(cid, None)
+
+    def _moh_command(self, cid: str, moh_class: str | None) -> Reply:
+        ch = self._control(cid)
+        if isinstance(ch, Reply):
+            return ch
+        refused = state_invalid(ch.state)
+        if refused is not None:
+            return refused
+        return Reply(204, after=lambda: self._when_idle(ch, lambda: setattr(ch, "moh", moh_class)))
+
     async def _delete_channel(self, q: dict[str, str], cid: str) -> Reply:
         ch = self.channels.get(cid)
         if ch is None:
