@@ -42,6 +42,8 @@ Metrics (counters carry the `_total` suffix in the output; histograms `_bucket/_
 | `pipecat_bridge_bot_messages_rejected_total` | counter | | messages from bots that did not parse in their dialect |
 | `pipecat_bridge_bot_audio_bytes_total` | counter | | bot audio received, bytes in the dialect's format |
 | `pipecat_bridge_dtmf_forwarded_total` | counter | | DTMF digits forwarded to bots |
+| `pipecat_bridge_bot_reconnects_total` | counter | | bot sessions resumed after a drop mid-call |
+| `pipecat_bridge_bot_gap_frames_dropped_total` | counter | | caller frames dropped while the bot was away |
 | `pipecat_bridge_playout_queue_seconds` | gauge | | bot audio queued and not played yet, summed over calls in progress |
 | `pipecat_bridge_pacing_lateness_seconds` | histogram | | how late the shared 20 ms clock woke past each deadline |
 | `pipecat_bridge_pacing_skipped_frames_total` | counter | | frame times skipped after a stall of the event loop |
@@ -118,6 +120,9 @@ CALL_COUNTERS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("bot_messages_rejected", "Bot messages that did not parse.", ("bot_bad_messages",), False),
     ("bot_audio_bytes", "Bot audio received, bytes.", ("bot_audio_bytes",), False),
     ("dtmf_forwarded", "DTMF digits forwarded to bots.", ("dtmf",), False),
+    ("bot_reconnects", "Bot sessions resumed after a drop mid-call.", ("bot_reconnects",), False),
+    ("bot_gap_frames_dropped", "Caller frames dropped while the bot was away.",
+     ("caller_frames_dropped",), False),
 )  # fmt: skip
 
 
