@@ -89,6 +89,17 @@ class PlaybackFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class Dial:
+    """A dial's progress: `peer` is the channel being dialled (an originated channel, or an
+    ExternalMedia one), `dialstatus` "" when it starts, then RINGING, ANSWER, BUSY, NOANSWER,
+    CONGESTION, CHANUNAVAIL, CANCEL... (app_dial's DIALSTATUS). An originate has no `caller`."""
+
+    peer: Channel
+    dialstatus: str
+    dialstring: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     type: str
     raw: Mapping[str, Any]
@@ -105,6 +116,7 @@ AriEvent = (
     | ChannelLeftBridge
     | BridgeDestroyed
     | PlaybackFinished
+    | Dial
     | UnknownEvent
 )
 
@@ -160,6 +172,15 @@ def _playback_finished(d: Mapping[str, Any]) -> PlaybackFinished:
     return PlaybackFinished(ident, target, state if isinstance(state, str) else "")
 
 
+def _dial(d: Mapping[str, Any]) -> Dial:
+    status, dialstring = d.get("dialstatus", ""), d.get("dialstring", "")
+    return Dial(
+        peer=parse_channel(d.get("peer")),
+        dialstatus=status if isinstance(status, str) else "",
+        dialstring=dialstring if isinstance(dialstring, str) else "",
+    )
+
+
 _PARSERS: dict[str, Any] = {
     "StasisStart": _stasis_start,
     "StasisEnd": lambda d: StasisEnd(parse_channel(d.get("channel"))),
@@ -175,6 +196,7 @@ _PARSERS: dict[str, Any] = {
     ),
     "BridgeDestroyed": lambda d: BridgeDestroyed(parse_bridge(d.get("bridge"))),
     "PlaybackFinished": _playback_finished,
+    "Dial": _dial,
 }
 
 

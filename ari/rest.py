@@ -95,10 +95,12 @@ class AriRestClient:
         params: Mapping[str, str] | None = None,
         *,
         idempotent: bool = False,
+        json_body: Mapping[str, Any] | None = None,
     ) -> Any:
-        """JSON body of a 2xx answer (None for 204); raises AriHttpError/AriUnavailableError."""
+        """JSON body of a 2xx answer (None for 204); raises AriHttpError/AriUnavailableError.
+        `json_body`: what ARI takes only in the body (originate's `variables`)."""
         if not idempotent:
-            return await self._request_once(method, path, params)
+            return await self._request_once(method, path, params, json_body)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retries),
             wait=wait_exponential(multiplier=0.1, max=1.0),
@@ -107,18 +109,24 @@ class AriRestClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._request_once(method, path, params)
+                return await self._request_once(method, path, params, json_body)
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _request_once(
-        self, method: str, path: str, params: Mapping[str, str] | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json_body: Mapping[str, Any] | None = None,
     ) -> Any:
         if self._session is None:
             await self.open()
         assert self._session is not None
         url = f"{self.root}/ari{path}"
         try:
-            async with self._session.request(method, url, params=params) as resp:
+            async with self._session.request(
+                method, url, params=params, json=json_body
+            ) as resp:
                 body = await resp.text()
                 status = resp.status
                 reason = resp.reason or ""
@@ -188,6 +196,36 @@ class AriRestClient:
         await self.request(
             "POST", f"/channels/{channel_id}/play", {"media": media, "playbackId": playback_id}
         )
+
+    async def originate(
+        self,
+        *,
+        endpoint: str,
+        app: str,
+        app_args: str,
+        channel_id: str,
+        caller_id: str = "",
+        ring_timeout: int = 30,
+        variables: Mapping[str, str] | None = None,
+    ) -> Channel:
+        """POST /channels into `app` with a pre-assigned `channel_id`: 200 at once with the
+        channel Down; it rings, and enters the app (StasisStart) only when answered. A busy
+        or unanswered far end shows only as events (a `Dial` status, the ChannelDestroyed
+        cause). An unknown technology is refused at once: 500 "Allocation failed". Not
+        idempotent: a resend would dial twice."""
+        params = {"endpoint": endpoint, "app": app, "appArgs": app_args,
+                  "channelId": channel_id, "timeout": str(ring_timeout)}  # fmt: skip
+        if caller_id:
+            params["callerId"] = caller_id
+        json_body = {"variables": dict(variables)} if variables else None
+        body = await self.request("POST", "/channels", params, json_body=json_body)
+        return _parse(parse_channel, body, "POST", "/channels")
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self.request(
+            "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value},
+            idempotent=True,
+        )  # fmt: skip
 
     async def list_channels(self) -> list[Channel]:
         body = await self.request("GET", "/channels", idempotent=True)

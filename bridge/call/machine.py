@@ -28,6 +28,11 @@ tone or music on hold, a resource like the others) and re-dials at the policy's 
 outage's deadline with no session ends the call with the fallback. A re-dial in flight when
 the call ends is abandoned (CloseBot), as at set-up.
 
+An outbound call (`ring_timeout` set) starts in SETUP while its originated channel rings:
+nothing is answered or created until that channel's StasisStart (the far end answered); how
+a ring that fails ends the call is the service's (`bridge.service.outbound`). Ending it while
+it rings only hangs the channel up (no fallback: nobody is on it yet).
+
 All transitions go through `_goto`, which checks them against TRANSITIONS.
 """
 
@@ -187,18 +192,23 @@ class CallMachine(Outbox):
         fallback: Fallback | None = None,
         reject: str = "",
         clock: Callable[[], float] | None = None,
+        ring_timeout: float | None = None,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
         """`reject`: do not set the call up at all, hand the caller straight to the
         fallback for this reason (bridge full, draining). `clock` (monotonic seconds) is only
-        read to time a fallback sound."""
+        read to time a fallback sound and an outbound call's set-up after its answer.
+        `ring_timeout`: an outbound call whose `caller` is still ringing."""
         self.ids = ids
         self.caller = caller
         self.bot_url = bot_url
         self.state = CallState.SETUP
         self.end_reason = ""
         self.ended_by: EndedBy | None = None
-        self._setup_deadline = now + setup_timeout
+        self._setup_timeout = setup_timeout
+        self.ringing = ring_timeout is not None
+        # A ringing call's guard: Asterisk ends the ring itself; this only catches lost events.
+        self._setup_deadline = now + setup_timeout + (ring_timeout or 0.0)
         super().__init__()
         self.caller_res = Res.UP
         self.bridge_res = Res.NONE
@@ -233,7 +243,7 @@ class CallMachine(Outbox):
         self._media_ended_deadline: float | None = None
         if reject:
             self._end(reject, fallback=True, by=EndedBy.BRIDGE)
-        else:
+        elif not self.ringing:
             self._emit(Answer(ids.caller_id))
 
     # ---- public API -------------------------------------------------------------------
@@ -249,7 +259,9 @@ class CallMachine(Outbox):
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
-        if self.state is CallState.SETUP and now >= self._setup_deadline:
+        if self.state is CallState.SETUP and now >= self._setup_deadline and self.ringing:
+            self._end("no_answer", by=EndedBy.CALLER)
+        elif self.state is CallState.SETUP and now >= self._setup_deadline:
             self._end("setup timed out", fallback=True, by=EndedBy.BRIDGE)
         elif self._playback_deadline is not None and now >= self._playback_deadline:
             self._playback_done()
@@ -299,6 +311,8 @@ class CallMachine(Outbox):
             if event.channel.id == self.ids.media_channel_id:
                 self.media_in_stasis = True
                 self._maybe_bridge()
+            elif event.channel.id == self.ids.caller_id and self.ringing:
+                self._answered_far_end(event.channel)
         elif isinstance(event, ChannelDtmfReceived):
             if event.channel.id == self.ids.caller_id and self.bot_res is Res.UP:
                 self._emit(SendDtmf(event.digit))
@@ -314,6 +328,15 @@ class CallMachine(Outbox):
             step = self._caller_step
             if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
                 self._playback_done()
+
+    def _answered_far_end(self, channel: Channel) -> None:
+        """An outbound call's channel answered and entered the app: set up as for a caller."""
+        self.ringing = False
+        if self.state is not CallState.SETUP:
+            return
+        self.caller = channel
+        self._setup_deadline = self._clock() + self._setup_timeout
+        self._emit(Answer(self.ids.caller_id))
 
     def _on_channel_leaving(self, channel_id: str) -> None:
         if channel_id == self.ids.caller_id:
@@ -568,7 +591,7 @@ class CallMachine(Outbox):
     # ---- the caller's way out -----------------------------------------------------------
 
     def _plan_for_caller(self, fallback: bool) -> list[str]:
-        if not fallback:
+        if not fallback or self.ringing:
             return ["hangup"]
         plan = []
         if self.fallback.sound:

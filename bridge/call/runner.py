@@ -92,6 +92,7 @@ class Call:
         transport: str = "",
         direction: Direction = Direction.INBOUND,
         observers: Sequence[CallObserver] = (),
+        ring_timeout: float | None = None,
         webhook_url: str = "",
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
@@ -149,6 +150,7 @@ class Call:
                 fallback=fallback,
                 reject=reject,
                 clock=self._loop.time,
+                ring_timeout=ring_timeout,
                 reconnect=self._reconnect,
             )
         self.leg = leg_factory(self)

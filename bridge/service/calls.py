@@ -6,6 +6,9 @@ Which bot and dialect: `bridge.bot.url` (the --bot-url template or a Stasis ws:/
 `dialect=`/`transport=` arguments). A dialplan WebSocket call can only name its bot
 (`v(bot=NAME)`, looked up in --bot-map). A call that cannot be taken (full, draining, a typo
 in its arguments) is still built, rejected: its machine hands the caller to the fallback.
+An outbound call (`bridge.service.outbound`) is an ARI call built when its originate is
+accepted, ringing until its channel's StasisStart; an expected dialplan call takes the caller,
+called, bot and parameters registered for its UUID.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from bridge.bot.url import option_from_args, resolve_bot
 from bridge.call.machine import CallIds, Fallback
 from bridge.call.reconnect import ReconnectPolicy
 from bridge.call.runner import Call, CallObserver
+from bridge.call.view import Direction
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
 from bridge.media.factory import TRANSPORTS, MediaFactory
 from bridge.media.leg import MediaLeg
 from bridge.service.config import Settings
+from bridge.service.outbound import ExpectedCall, OutboundLeg
 from bridge.service.registry import CallRegistry
 
 log = get_logger("bridge")
@@ -68,11 +73,21 @@ class CallFactory:
 
     # ---- ARI callers ----------------------------------------------------------------------
 
-    def ari_call(self, caller: Channel, args: Sequence[str], reject: str = "") -> Call:
+    def ari_call(
+        self,
+        caller: Channel,
+        args: Sequence[str],
+        reject: str = "",
+        *,
+        outbound: OutboundLeg | None = None,
+    ) -> Call:
+        """`outbound`: an originated channel, still ringing (admitted by its originate)."""
         s = self._settings
         transport = option_from_args(args, "transport") or s.transport
-        reject = reject or self._admission(transport)
-        call_id = uuid.uuid4().hex
+        reject = reject or ("" if outbound else self._admission(transport))
+        call_id = outbound.call_id if outbound else uuid.uuid4().hex
+        number, called = (outbound.caller, outbound.called) if outbound else (
+            caller.caller_number, caller.exten)  # fmt: skip
         ids = CallIds(
             call_id=call_id,
             caller_id=caller.id,
@@ -83,11 +98,11 @@ class CallFactory:
         values = {
             "call_id": call_id,
             "channel_id": caller.id,
-            "caller": caller.caller_number,
-            "called": caller.exten,
+            "caller": number,
+            "called": called,
         }
         bot_url, dialect_name = resolve_bot(s.bot_url, s.dialect, args, values)
-        info = CallInfo(call_id, caller.id, caller.caller_number, caller.exten)
+        info = CallInfo(call_id, caller.id, number, called, outbound.custom if outbound else {})
         call_log = log.bind(call_id=call_id, channel_id=caller.id)
         dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)
         if transport not in TRANSPORTS:
@@ -106,6 +121,8 @@ class CallFactory:
             reject=reject,
             transport=transport,
             webhook_url=_webhook_arg(args, call_log),
+            direction=Direction.OUTBOUND if outbound else Direction.INBOUND,
+            ring_timeout=outbound.ring_timeout if outbound else None,
         )
         self._registry.add(call, transport, rejected=bool(reject))
         call.start()
@@ -113,17 +130,22 @@ class CallFactory:
 
     # ---- calls from the dialplan alone (no ARI) -------------------------------------------
 
-    def dialplan_audiosocket_call(self, uuid_: Any, leg: MediaLeg) -> Call | None:
-        # AudioSocket carries nothing but the UUID: no caller number, no extension.
-        return self._dialplan_call(leg, "audiosocket", channel_id="", values={}, params={
-            "audiosocket_uuid": str(uuid_)})  # fmt: skip
+    def dialplan_audiosocket_call(
+        self, uuid_: Any, leg: MediaLeg, expected: ExpectedCall | None = None
+    ) -> Call | None:
+        # AudioSocket carries nothing but the UUID: no caller number, no extension (unless
+        # the call was expected: then what was registered for that UUID).
+        params = {"audiosocket_uuid": str(uuid_)}
+        return self._dialplan_call(leg, "audiosocket", channel_id="",
+                                   **_expected(expected, {}, params))  # fmt: skip
 
     def dialplan_websocket_call(
-        self, leg: Any, params: dict[str, str], media_start: Any
-    ) -> Call | None:
+        self, leg: Any, params: dict[str, str], media_start: Any,
+        expected: ExpectedCall | None = None,
+    ) -> Call | None:  # fmt: skip
         values = {"caller": params.get("from", ""), "called": params.get("to", "")}
         return self._dialplan_call(leg, "websocket", channel_id=leg.channel_id or "",
-                                   values=values, params=params)  # fmt: skip
+                                   **_expected(expected, values, params))  # fmt: skip
 
     def _dialplan_call(
         self,
@@ -133,6 +155,7 @@ class CallFactory:
         channel_id: str,
         values: dict[str, str],
         params: dict[str, str],
+        bot_url: str = "",
     ) -> Call | None:
         """The new call, or None when it was refused (its start ended it): the listener then
         closes the connection without a hang-up, so the dialplan goes on."""
@@ -141,7 +164,7 @@ class CallFactory:
         call_log = log.bind(call_id=call_id, channel_id=channel_id or None, transport=transport)
         caller, called = values.get("caller", ""), values.get("called", "")
         bot_name = params.get("bot")
-        template = dict(s.bot_map).get(bot_name, "") if bot_name else s.bot_url
+        template = bot_url or (dict(s.bot_map).get(bot_name, "") if bot_name else s.bot_url)
         reject = "" if template else f"unknown bot {bot_name!r} (not in --bot-map)"
         # Asterisk brought the media itself: no transport resource to run out of here.
         reject = reject or self._admission(None)
@@ -195,6 +218,21 @@ class CallFactory:
             ),
             **kwargs,
         )
+
+
+def _expected(
+    expected: ExpectedCall | None, values: dict[str, str], params: dict[str, str]
+) -> dict[str, Any]:
+    """A dialplan call's caller, called, parameters and bot: what its connection said, or
+    for an expected call what was registered for its UUID on top."""
+    if expected is None:
+        return {"values": values, "params": params}
+    values = {"caller": expected.caller or values.get("caller", ""),
+              "called": expected.called or values.get("called", "")}  # fmt: skip
+    params = {**params, **expected.params}
+    if expected.bot:
+        params["bot"] = expected.bot
+    return {"values": values, "params": params, "bot_url": expected.bot_url}
 
 
 def _webhook_arg(args: Sequence[str], call_log: Any) -> str:

@@ -31,6 +31,7 @@ from bridge.ops.lifecycle import webhooks_from_settings
 from bridge.ops.metrics import BridgeMetrics
 from bridge.service.calls import CallFactory
 from bridge.service.config import Settings
+from bridge.service.outbound import ExpectedCall, OriginateRequest, OutboundCalls
 from bridge.service.reconcile import Reconciler
 from bridge.service.registry import CallRegistry, admission
 
@@ -54,11 +55,9 @@ class Controller:
         self.media = MediaFactory(
             settings,
             self.ticker,
-            on_dialplan_audiosocket=lambda uuid_, leg: self.factory.dialplan_audiosocket_call(
-                uuid_, leg
-            ),
+            on_dialplan_audiosocket=lambda uuid_, leg: self.outbound.audiosocket_call(uuid_, leg),
             on_dialplan_websocket=lambda leg, params, start: (
-                self.factory.dialplan_websocket_call(leg, params, start)
+                self.outbound.websocket_call(leg, params, start)
             ),
         )
         self.pool = self.media.pool
@@ -71,6 +70,11 @@ class Controller:
             observers=(self._call_changed,),
             on_finished=self._call_finished,
         )
+        # Outbound calls and expected dialplan calls (bridge.service.outbound).
+        self.outbound = OutboundCalls(
+            settings, rest=self.rest, registry=self.registry, factory=self.factory,
+            admission=self._admission, route=self.on_event, background=self._background,
+        )  # fmt: skip
         self.reconciler = Reconciler(settings, self.rest, self.registry, self._orphan)
         self.webhooks = webhooks_from_settings(settings)
         self.observers.append(self.webhooks)
@@ -190,8 +194,16 @@ class Controller:
 
     # ---- events -------------------------------------------------------------------------
 
+    async def originate(self, request: OriginateRequest) -> str:
+        """Dial out; the call's id once Asterisk accepted it (OriginateError if not)."""
+        return await self.outbound.originate(request)
+
+    def expect(self, expected: ExpectedCall) -> None:
+        """Register a dialplan call to come (ValueError if its uuid is expected or used)."""
+        self.outbound.expect(expected)
+
     def on_event(self, event: AriEvent) -> None:
-        if isinstance(event, UnknownEvent):
+        if isinstance(event, UnknownEvent) or self.outbound.intercept(event):
             return
         if isinstance(event, StasisStart):
             self._stasis_start(event)

@@ -8,7 +8,8 @@ stream rather than in front of it:
    channel is gone (Asterisk restarted) cannot carry audio any more.
 2. What an earlier run of this service left behind (crash, kill -9): only what is provably
    this service's — our id prefix, and our app (in the bridge's name; the channel in our
-   app) — so a second process never sweeps the first's.
+   app) — so a second process never sweeps the first's: bridges, ExternalMedia channels
+   (`<prefix>em-`) and answered outbound channels (`<prefix>out-`).
 3. Callers waiting in the app that nobody serves (an earlier run took them and died) get the
    fallback, after a grace and a second look, so a StasisStart still in flight on the events
    socket is not mistaken for an orphan.
@@ -91,6 +92,8 @@ class Reconciler:
         for call in registry:
             if call.state not in ("setup", "up", "draining") or not call.ids.caller_id:
                 continue  # ending already, or a call from the dialplan (not in ARI)
+            if getattr(call.machine, "ringing", False):
+                continue  # an outbound call still ringing: not in the app until answered
             if call.ids.caller_id not in in_app:
                 call.log.info("resync_caller_gone")
                 call.feed(HangupRequested("caller left while events were down", caller_gone=True))
@@ -108,7 +111,7 @@ class Reconciler:
                 await self._sweep("bridge", bridge.id, rest.delete_bridge)
         for channel in channels:
             if (
-                channel.id.startswith(f"{s.id_prefix}em-")
+                channel.id.startswith((f"{s.id_prefix}em-", f"{s.id_prefix}out-"))
                 and channel.id in in_app
                 and channel.id not in registry.by_channel
             ):

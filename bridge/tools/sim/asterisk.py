@@ -34,6 +34,8 @@ Fault knobs (none of them recorded; each follows what Asterisk does, as document
 The other two transports: `external` (ExternalMedia over AudioSocket and chan_websocket, with
 `audiosocket` and `chan_websocket` the protocol modules and `links` the far end through them) and
 `dialplan` (`dial_audiosocket`, `dial_websocket`: the dialplan calling the bridge, no ARI).
+`originate`: `POST /channels` into the app (outbound calls), ringing, then answering or failing
+as recorded (`far_ends`, `technologies`).
 
 Layout (modules of `bridge.tools.sim`): `media` is the UDP side (`EmMedia`, `SimCall`); `core` is
 the channel and bridge state and the events its changes emit (`AsteriskCore`); `resources` the
@@ -65,9 +67,9 @@ from bridge.tools.sim.core import (
     SimChannel,
     SimLeftovers,
 )
-from bridge.tools.sim.dialplan import AsteriskDialplan
 from bridge.tools.sim.faults import Fault, FaultTable
 from bridge.tools.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
+from bridge.tools.sim.originate import AsteriskOriginate
 from bridge.tools.sim.recording import FIXTURES_DIR
 from bridge.tools.sim.system import SimSystem
 from bridge.tools.sim.templates import Reply, dumps, error_reply
@@ -114,7 +116,7 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk(AsteriskDialplan):
+class SimulatedAsterisk(AsteriskOriginate):
     """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`.
 
     `history=False` keeps no request/event/packet logs and drops ended calls (soak runs).
@@ -159,6 +161,7 @@ class SimulatedAsterisk(AsteriskDialplan):
             for m, p, h in (
                 ("POST", r"/ari/channels/externalMedia", self._external_media),
                 ("GET", r"/ari/channels", self._list_channels),
+                ("POST", r"/ari/channels", self._originate),
                 ("GET", r"/ari/channels/(?P<cid>[^/]+)", self._get_channel),
                 ("DELETE", r"/ari/channels/(?P<cid>[^/]+)", self._delete_channel),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/answer", self._answer),
@@ -413,6 +416,14 @@ class SimulatedAsterisk(AsteriskDialplan):
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         generation = self._generation
         query = {key: request.query.get(key, "") for key in request.query}
+        if request.content_type == "application/json" and request.can_read_body:
+            # ARI takes parameters in a JSON body too (originate's `variables` only there).
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None  # Asterisk answers a broken body 400; nothing here sends one
+            for key, value in (body.items() if isinstance(body, dict) else ()):
+                query.setdefault(key, value if isinstance(value, str) else dumps(value))
         entry = SimRequest(request.method, request.path, query, t=self._running_loop().time())
         if self._history:
             self.requests.append(entry)
