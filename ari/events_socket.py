@@ -56,6 +56,8 @@ class AriEventsSocket:
         self.connected = asyncio.Event()
         self.bad_events = 0
         self.connects = 0
+        # Why the last connection attempt failed (redacted), "" once connected: for /readyz.
+        self.last_error = ""
 
     async def run(self) -> None:
         """Hold the socket until cancelled."""
@@ -63,6 +65,7 @@ class AriEventsSocket:
             ws = await self._connect()
             self._ws = ws
             self.connects += 1
+            self.last_error = ""
             self.connected.set()
             log.info("ari_events_connected", url=redact_url(self._url), connects=self.connects)
             try:
@@ -102,10 +105,12 @@ class AriEventsSocket:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         # The exception text may quote the URL; only its type and a redacted text are logged.
+        self.last_error = _why(exc)
         log.warning(
             "ari_events_connect_failed",
             attempt=state.attempt_number,
             error=redact_url(f"{type(exc).__name__}: {exc}"),
+            why=self.last_error,
             retry_in=round(state.upcoming_sleep, 2),
         )
 
@@ -123,3 +128,17 @@ class AriEventsSocket:
         except Exception:
             # One event that trips a bug must not take down the socket every call relies on.
             log.exception("ari_event_handler_failed", type=type(event).__name__)
+
+
+def _why(exc: BaseException | None) -> str:
+    """A failed connect in an operator's words (no URL, no credentials)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 401:
+        return "ARI refused the credentials (401): check --ari-user/--ari-password against ari.conf"
+    if status is not None:
+        return f"ARI answered the events WebSocket with HTTP {status}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "ARI refused the connection: is Asterisk running, http.conf enabled?"
+    if isinstance(exc, TimeoutError):
+        return "ARI did not answer in time"
+    return f"cannot reach ARI ({type(exc).__name__})"

@@ -198,7 +198,8 @@ class HttpApi:
         if not controller.listening.is_set():
             return "media listeners not bound yet"
         if self._settings.ari_enabled and not controller.events.connected.is_set():
-            return "ARI events socket not connected (Stasis app not registered)"
+            why = controller.events.last_error or "not connected yet"
+            return f"ARI events socket not connected (Stasis app not registered): {why}"
         return ""
 
     async def _metrics(self, _request: web.Request) -> web.Response:
