@@ -58,6 +58,7 @@ class AriEventsSocket:
         self.connects = 0
         # Why the last connection attempt failed (redacted), "" once connected: for /readyz.
         self.last_error = ""
+        self.attempt_failed = asyncio.Event()  # set on every failed connect (tests await it)
 
     async def run(self) -> None:
         """Hold the socket until cancelled."""
@@ -106,6 +107,7 @@ class AriEventsSocket:
         exc = state.outcome.exception() if state.outcome else None
         # The exception text may quote the URL; only its type and a redacted text are logged.
         self.last_error = _why(exc)
+        self.attempt_failed.set()
         log.warning(
             "ari_events_connect_failed",
             attempt=state.attempt_number,

@@ -19,11 +19,7 @@ async def test_wrong_password_keeps_retrying_and_readyz_says_401() -> None:
         task = asyncio.get_running_loop().create_task(controller.run())
         try:
             await asyncio.wait_for(controller.listening.wait(), 5)
-
-            async def refused_twice() -> None:
-                while "401" not in controller.events.last_error:
-                    await asyncio.sleep(0)  # yield to the retry loop; nothing to await on
-            await asyncio.wait_for(refused_twice(), 10)
+            await asyncio.wait_for(controller.events.attempt_failed.wait(), 10)
             address = controller.http_api.address
             assert address is not None
             async with aiohttp.ClientSession() as http:
