@@ -84,6 +84,7 @@ class FakeMetrics:
 @dataclass
 class FakeEvents:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    last_error: str = ""
 
 
 class FakeController:
