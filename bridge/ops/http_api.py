@@ -5,7 +5,7 @@
     GET    /calls                   200 [view, ...]: active calls, then recently finished ones
     GET    /calls/{id}              200 view | 404
     DELETE /calls/{id}              202 view (hung up now, ended_by api) | 404 | 409 ending/ended
-    POST   /calls                   201 (outbound call) | 501 until bridge.service.outbound exists
+    POST   /calls                   202 (outbound call placed; its answer comes later) | 4xx/5xx
     POST   /calls/expected          201 (expected dialplan call) | 501 likewise
     GET    /metrics                 Prometheus text (the controller's BridgeMetrics) | 404
     POST   /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json   Status=completed
@@ -251,7 +251,7 @@ class HttpApi:
             return error(int(exc.status), str(exc.message))
         log.info("api_originate", call_id=call_id, remote=request.remote)
         view = self._view(str(call_id))
-        return json_response(201, view.to_json() if view is not None else {"id": call_id})
+        return json_response(202, view.to_json() if view is not None else {"id": call_id})
 
     async def _expect(self, request: web.Request) -> web.Response:
         body = parse_json_object(await _read_body(request))

@@ -367,7 +367,7 @@ async def test_post_calls_originates_with_a_typed_request() -> None:
     async with serving_outbound() as (s, outbound):
         body = {"endpoint": "PJSIP/1001", "caller_id": "Bot <100>", "variables": {"X": "1"}}
         status, view, _ = await s.request("POST", "/calls", json=body)
-        assert status == 201 and view["id"] == "out-1" and view["state"] == "setup"
+        assert status == 202 and view["id"] == "out-1" and view["state"] == "setup"
         controller = cast(OutboundController, s.controller)
         (request,) = controller.originated
         assert request == outbound.OriginateRequest("PJSIP/1001", caller_id="Bot <100>",
