@@ -26,21 +26,21 @@ The states and their transitions are the ARI machine's (`bridge.call.machine.TRA
       |         bot dropped v  | re-dial connected          |
       |                   BOT_AWAY                          |
       +------ any end --------+--------- any end -----------+--> ENDING --> ENDED
+
+It owns two rows of the call's resource table (`bridge.call.resources`): the bot session and
+the media leg (up from the start). Its triggers are a table as the ARI machine's are.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable
+from typing import Any
 
-from ari.events import AriEvent
 from bridge.call.commands import (
     BotClosed,
     BotConnected,
     ClearPlayout,
     CloseBot,
     CloseMedia,
-    Command,
     CommandDone,
     CommandFailed,
     ConnectBot,
@@ -57,16 +57,24 @@ from bridge.call.commands import (
     StartHold,
     StopHold,
 )
-from bridge.call.machine import TRANSITIONS, CallState, Fallback, MachineInput, StateChanged
+from bridge.call.machine import (
+    ALIVE,
+    BOT_AWAY,
+    DRAINING,
+    ENDING,
+    LIVE,
+    SETUP,
+    TRANSITIONS,
+    CallState,
+    Fallback,
+    MachineInput,
+    StateChanged,
+)
 from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects
+from bridge.call.resources import Life, ResourceKind, Resources
 from bridge.errors import CallStateError
 
-
-class _Res(enum.Enum):
-    UP = "up"
-    CREATING = "creating"
-    DELETING = "deleting"
-    GONE = "gone"
+K = ResourceKind
 
 
 class DialplanCallMachine(Outbox):
@@ -82,9 +90,8 @@ class DialplanCallMachine(Outbox):
         *,
         reject: str = "",
         reconnect: ReconnectPolicy | None = None,
-        clock: Callable[[], float] | None = None,
     ) -> None:
-        """`clock` (monotonic seconds) is read only to time a bot's outage."""
+        super().__init__()
         self.call_id = call_id
         self.bot_url = bot_url
         self.state = CallState.SETUP
@@ -93,19 +100,17 @@ class DialplanCallMachine(Outbox):
         # The caller's way out is the dialplan's next priority, whatever --fallback says.
         self.fallback = Fallback("hangup")
         self.used_fallback = False
+        self._now = now  # of the input being handled
         self._setup_deadline = now + setup_timeout
-        super().__init__()
-        self._bot = _Res.GONE
-        self._leg = _Res.UP
+        self.res = Resources()
+        self.res.up(K.MEDIA_LEG)  # Asterisk brought it; how it closes is decided at the end
         self._goodbye: tuple[str, EndedBy] | None = None  # a hang-up after the play-out
         self.reconnects = Reconnects(reconnect or OFF)
         self.dtmf_dropped = 0  # the caller's digits while the bot was away
-        self._clock = clock or (lambda: now)
         if reject:
             self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         else:
-            self._bot = _Res.CREATING
-            self._emit(ConnectBot(bot_url))
+            self._dial_bot(ConnectBot(bot_url))
 
     # ---- the runner's API (as CallMachine's) --------------------------------------------
 
@@ -116,84 +121,85 @@ class DialplanCallMachine(Outbox):
         return self._setup_deadline if self.state is CallState.SETUP else None
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         if self.state is CallState.SETUP and now >= self._setup_deadline:
             self._end("setup timed out", fallback=True, by=EndedBy.BRIDGE)
         elif self.state is CallState.BOT_AWAY:
             self._redial_or_give_up(now)
 
-    def handle(self, event: MachineInput | AriEvent) -> None:
-        if self.state is CallState.ENDED:
+    def handle(self, event: MachineInput, now: float) -> None:
+        """As CallMachine.handle; ARI events never concern a dialplan call (no row)."""
+        trigger = DIALPLAN_TRIGGERS.get((self.state, type(event)))
+        if trigger is None:
             return
-        if isinstance(event, CommandDone | CommandFailed):
-            self._answered(event.command, failed=isinstance(event, CommandFailed))
-        elif isinstance(event, BotConnected):
-            self._on_bot_connected()
-        elif isinstance(event, BotClosed):
-            self._on_bot_closed(event)
-        elif isinstance(event, MediaDtmf):
-            if self._bot is _Res.UP:
-                self._emit(SendDtmf(event.digit))
-            elif self.state is CallState.BOT_AWAY:
-                self.dtmf_dropped += 1
-        elif isinstance(event, MediaEnded):
-            self._leg = _Res.GONE
-            self._end("caller hung up", by=EndedBy.CALLER)
-        elif isinstance(event, MediaFailed):
-            self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
-        elif isinstance(event, PlayoutDrained):
-            if self.state is CallState.DRAINING:
-                reason, by = self._goodbye or ("bot ended the call", EndedBy.BOT)
-                self._end(reason, by=by)
-        elif isinstance(event, HangupRequested) and event.drain and self._bot is not _Res.CREATING:
-            self._drain_then_end(event)
-        elif isinstance(event, HangupRequested):
-            self._end(event.reason, fallback=event.fallback, by=event.by or EndedBy.BRIDGE)
-        # ARI events never concern a dialplan call.
+        self._now = now
+        next_state, do = trigger
+        do(self, event)
+        if next_state is not None and self.state not in (next_state, CallState.ENDED):
+            raise CallStateError(f"call {self.call_id}: {type(event).__name__} left it in "
+                                 f"{self.state.name}, not {next_state.name}")  # fmt: skip
 
     # ---- transitions --------------------------------------------------------------------
 
-    def _answered(self, cmd: Command, *, failed: bool) -> None:
+    def _on_answer(self, event: CommandDone | CommandFailed) -> None:
+        cmd = event.command
         self._pending.discard(cmd)
-        if isinstance(cmd, ConnectBot) and failed:
-            self._bot = _Res.GONE
-            if self.state is not CallState.BOT_AWAY or not self.reconnects.dial_failed(
-                self._clock()
-            ):
+        if isinstance(cmd, ConnectBot) and isinstance(event, CommandFailed):
+            self.res.gone(K.BOT)
+            if self.state is not CallState.BOT_AWAY or not self.reconnects.dial_failed(self._now):
                 self._end("ConnectBot failed", fallback=True, by=EndedBy.BOT)
-        elif isinstance(cmd, CloseBot):
-            self._bot = _Res.GONE
-        elif isinstance(cmd, CloseMedia):
-            self._leg = _Res.GONE
+        elif isinstance(cmd, CloseBot | CloseMedia):
+            self.res.deleted_by(cmd)
         self._maybe_finish()
 
-    def _drain_then_end(self, event: HangupRequested) -> None:
-        """Hang up once what the bot queued has played out (as when it closes normally)."""
-        if self.state is CallState.UP:
-            self._goodbye = (event.reason, event.by or EndedBy.BRIDGE)
+    def _on_media_dtmf(self, event: MediaDtmf) -> None:
+        if self.res.life(K.BOT) is Life.UP:
+            self._emit(SendDtmf(event.digit))
+        elif self.state is CallState.BOT_AWAY:
+            self.dtmf_dropped += 1
+
+    def _on_media_ended(self, event: MediaEnded) -> None:
+        self.res.gone(K.MEDIA_LEG)
+        self._end("caller hung up", by=EndedBy.CALLER)
+
+    def _on_media_failed(self, event: MediaFailed) -> None:
+        self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
+
+    def _on_drained(self, event: PlayoutDrained) -> None:
+        reason, by = self._goodbye or ("bot ended the call", EndedBy.BOT)
+        self._end(reason, by=by)
+
+    def _on_hangup_requested(self, event: HangupRequested) -> None:
+        by = event.by or EndedBy.BRIDGE
+        if not event.drain or self.res.life(K.BOT) is Life.CREATING:
+            self._end(event.reason, fallback=event.fallback, by=by)
+        elif self.state is CallState.UP:
+            # Hang up once what the bot queued has played out (as when it closes normally).
+            self._goodbye = (event.reason, by)
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
         elif self.state is CallState.BOT_AWAY:  # nothing queued to play out
-            self._end(event.reason, by=event.by or EndedBy.BRIDGE)
+            self._end(event.reason, by=by)
 
-    def _on_bot_connected(self) -> None:
-        if self._bot is not _Res.CREATING:
+    def _on_bot_connected(self, event: BotConnected) -> None:
+        if self.res.life(K.BOT) is not Life.CREATING:
             return
-        self._bot = _Res.UP
+        self.res[K.BOT].life = Life.UP
         if self.state is CallState.BOT_AWAY:
-            self.reconnects.resumed(self._clock())
+            self.reconnects.resumed(self._now)
             self._emit(StopHold(""))
         self._goto(CallState.UP)
 
     def _on_bot_closed(self, event: BotClosed) -> None:
-        was_up = self._bot is _Res.UP
-        self._bot = _Res.GONE
+        was_up = self.res.life(K.BOT) is Life.UP
+        self.res.gone(K.BOT)
         up = was_up and self.state is CallState.UP
-        if up and not self.reconnects.on_drop(event.code, self._clock()):
+        if up and not self.reconnects.on_drop(event.code, self._now):
             self._goto(CallState.BOT_AWAY)
             # Not a resource here: no ARI channel, the runner answers it at once.
             self._emit(ClearPlayout())
             self._emit(StartHold(""))
-            self._redial_or_give_up(self._clock())
+            self._redial_or_give_up(self._now)
             return
         if was_up and event.code == 1000 and self.state is CallState.UP:
             self._goto(CallState.DRAINING)
@@ -206,15 +212,19 @@ class DialplanCallMachine(Outbox):
             )
         self._maybe_finish()
 
+    def _dial_bot(self, connect: ConnectBot) -> None:
+        self.res.creating(K.BOT, CloseBot(send_stop=True), cancels=True)
+        self._emit(connect)
+
     def _redial_or_give_up(self, now: float) -> None:
         r = self.reconnects
         if r.deadline is not None and now >= r.deadline:
             self._end(f"bot did not come back within {r.policy.window:g} s (it closed with "
                       f"code {r.drop_code})", fallback=True, by=EndedBy.BOT)  # fmt: skip
-        elif r.next_dial_at is not None and now >= r.next_dial_at and self._bot is _Res.GONE:
+        elif (r.next_dial_at is not None and now >= r.next_dial_at
+              and self.res.life(K.BOT) is Life.GONE):  # fmt: skip
             budget = r.dial_started(now)
-            self._bot = _Res.CREATING
-            self._emit(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
+            self._dial_bot(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
 
     def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):
@@ -223,19 +233,16 @@ class DialplanCallMachine(Outbox):
         self.ended_by = by
         self.used_fallback = fallback
         self._goto(CallState.ENDING)
-        if self._bot in (_Res.UP, _Res.CREATING):
-            self._bot = _Res.DELETING
-            self._emit_teardown(CloseBot(send_stop=True))
-        if self._leg is _Res.UP:
-            self._leg = _Res.DELETING
-            # Hang up only when the call is really over; a fallback lets the dialplan go on.
-            self._emit_teardown(CloseMedia(hangup=not fallback))
+        # Hang up only when the call is really over; a fallback lets the dialplan go on.
+        self.res[K.MEDIA_LEG].delete = CloseMedia(hangup=not fallback)
+        for kind in self.res.held():  # the bot, then the leg
+            delete = self.res.teardown(kind)
+            if delete is not None:
+                self._emit_teardown(delete)
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.state is not CallState.ENDING or self._pending:
-            return
-        if self._bot is _Res.DELETING or self._leg is _Res.DELETING:
+        if self.state is not CallState.ENDING or self._pending or self.res.in_flight():
             return
         self._goto(CallState.ENDED)
         self._emit(Finished(self.end_reason))
@@ -245,3 +252,27 @@ class DialplanCallMachine(Outbox):
             raise CallStateError(f"call {self.call_id}: {self.state.name} -> {state.name}")
         old, self.state = self.state, state
         self._changes.append(StateChanged(old, state, self.end_reason, self.ended_by))
+
+
+def _trigger_table() -> dict[tuple[CallState, type], tuple[CallState | None, Any]]:
+    """(state, input type) -> (next state or None: the handler decides, what to do)."""
+    M = DialplanCallMachine
+    rows: list[tuple[tuple[CallState, ...], type, CallState | None, Any]] = [
+        # in states          on input              next       do
+        (ALIVE,               CommandDone,          None,      M._on_answer),
+        (ALIVE,               CommandFailed,        None,      M._on_answer),
+        # the bot: SETUP -> UP; BOT_AWAY -> UP; UP -> DRAINING | BOT_AWAY | ENDING
+        ((SETUP, BOT_AWAY),   BotConnected,         None,      M._on_bot_connected),
+        (ALIVE,               BotClosed,            None,      M._on_bot_closed),
+        ((DRAINING,),         PlayoutDrained,       ENDING,    M._on_drained),
+        # the media stream: the caller's digits, its hang-up, its failure
+        (LIVE,                MediaDtmf,            None,      M._on_media_dtmf),
+        (ALIVE,               MediaEnded,           None,      M._on_media_ended),
+        (LIVE,                MediaFailed,          ENDING,    M._on_media_failed),
+        # the service, the API: UP -> DRAINING with drain, else ENDING
+        (LIVE,                HangupRequested,      None,      M._on_hangup_requested),
+    ]  # fmt: skip
+    return {(state, kind): (nxt, do) for states, kind, nxt, do in rows for state in states}
+
+
+DIALPLAN_TRIGGERS = _trigger_table()

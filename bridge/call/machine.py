@@ -1,4 +1,4 @@
-"""The per-call state machine: pure, no I/O, no clock of its own.
+"""The per-call state machine: pure, no I/O, no clock: `now` comes with every input.
 
 Theory of operation
 -------------------
@@ -10,10 +10,12 @@ ExternalMedia response is in (it carries Asterisk's RTP address) *and* the Exter
 channel's own StasisStart was seen: adding it before that fails with 422 on a real Asterisk
 (asterisk-facts §1b), and its StasisStart may come before or after the REST response (§1).
 
-Teardown is driven by what exists, not by where setup got to: every resource that was created,
-or whose creation is still in flight, is deleted exactly once (a delete for a creation still in
-flight waits for its answer, else it could 404 and leak). The call is ENDED when every
-teardown command has been answered.
+What the call owns is one table (`bridge.call.resources`): the caller, the bridge, the media
+channel and leg, the bot session, the caller's hold, each a row with its own lifecycle.
+Teardown is driven by what exists, not by where setup got to: it walks the table, and every
+row that was created, or whose creation is still in flight, is deleted exactly once (a delete
+for a creation still in flight waits for its answer, else it could 404 and leak). The call is
+ENDED when every teardown command has been answered and no row is in flight.
 
     SETUP --bridged and bot connected--> UP --bot closed normally--> DRAINING
       |                                 |  ^                             |
@@ -23,7 +25,7 @@ teardown command has been answered.
 
 A bot that drops while the call is up (a redeploy's close code, `bridge.call.reconnect`)
 does not end the call: BOT_AWAY clears the playout, holds the caller (StartHold: silence, a
-tone or music on hold, a resource like the others) and re-dials at the policy's backoff times
+tone or music on hold, a row like the others) and re-dials at the policy's backoff times
 (ConnectBot with `resume`). A session that connects takes the call back to UP (StopHold); the
 outage's deadline with no session ends the call with the fallback. A re-dial in flight when
 the call ends is abandoned (CloseBot), as at set-up.
@@ -33,7 +35,10 @@ nothing is answered or created until that channel's StasisStart (the far end ans
 a ring that fails ends the call is the service's (`bridge.service.outbound`). Ending it while
 it rings only hangs the channel up (no fallback: nobody is on it yet).
 
-All transitions go through `_goto`, which checks them against TRANSITIONS.
+The triggers are the table below (`_trigger_table`): (state, input type) -> (next state, what
+to do). An input with no row in the call's state changes nothing. A next state of None means
+the handler decides (for instance BotClosed in UP: DRAINING, BOT_AWAY or ENDING by its close
+code); every move goes through `_goto`, which checks it against TRANSITIONS.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ari.events import (
     AriEvent,
@@ -87,11 +93,17 @@ from bridge.call.commands import (
     StopHold,
 )
 from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects, is_redeploy
+from bridge.call.resources import Life, ResourceKind, Resources
 from bridge.errors import CallStateError
 
 # The longest a fallback sound may hold the caller before the fallback goes ahead anyway: a
 # PlaybackFinished that never comes (lost with the events socket) must not strand the caller.
 PLAYBACK_CAP = 30.0
+
+# An ARI call hears of a hang-up from its events; the media stream closing first (Asterisk
+# closes an AudioSocket or chan_websocket as it hangs the channel up) only ends the call if
+# no event explains it within this long: a stream that broke on its own.
+MEDIA_ENDED_GRACE = 1.0
 
 
 class CallState(enum.Enum):
@@ -112,15 +124,41 @@ TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.ENDED: frozenset(),
 }
 
+SETUP, UP, BOT_AWAY = CallState.SETUP, CallState.UP, CallState.BOT_AWAY
+DRAINING, ENDING = CallState.DRAINING, CallState.ENDING
+LIVE = (SETUP, UP, BOT_AWAY, DRAINING)  # not ending yet
+ALIVE = (*LIVE, ENDING)  # not ended
 
-class Res(enum.Enum):
-    """Lifecycle of one resource the call creates."""
+Handler = Callable[["CallMachine", Any], None]
+Triggers = dict[tuple[CallState, type], tuple[CallState | None, Handler]]
 
-    NONE = "none"
-    CREATING = "creating"
-    UP = "up"
-    DELETING = "deleting"
-    GONE = "gone"
+
+def _trigger_table() -> Triggers:
+    """(state, input type) -> (next state or None: the handler decides, what to do)."""
+    M = CallMachine
+    rows: list[tuple[tuple[CallState, ...], type, CallState | None, Handler]] = [
+        # in states          on input              next       do
+        (ALIVE,               CommandDone,          None,      M._on_done),
+        (ALIVE,               CommandFailed,        None,      M._on_failed),
+        # the phone side
+        ((SETUP,),            StasisStart,          None,      M._on_stasis_start),
+        (LIVE,                ChannelDtmfReceived,  None,      M._on_caller_dtmf),
+        (ALIVE,               ChannelHangupRequest, None,      M._on_channel_leaving),
+        (ALIVE,               StasisEnd,            None,      M._on_channel_leaving),
+        (ALIVE,               ChannelDestroyed,     None,      M._on_channel_leaving),
+        (LIVE,                BridgeDestroyed,      None,      M._on_bridge_destroyed),
+        ((ENDING,),           PlaybackFinished,     None,      M._on_playback_finished),
+        # the bot side: SETUP -> UP once bridged; BOT_AWAY -> UP; UP -> DRAINING | BOT_AWAY
+        ((SETUP, BOT_AWAY),   BotConnected,         None,      M._on_bot_connected),
+        (ALIVE,               BotClosed,            None,      M._on_bot_closed),
+        ((DRAINING,),         PlayoutDrained,       ENDING,    M._on_drained),
+        # the media leg
+        (LIVE,                MediaFailed,          ENDING,    M._on_media_failed),
+        (LIVE,                MediaEnded,           None,      M._on_media_ended),
+        # the service, the API: UP -> DRAINING with drain, else ENDING
+        (ALIVE,               HangupRequested,      None,      M._on_hangup_requested),
+    ]  # fmt: skip
+    return {(state, kind): (nxt, do) for states, kind, nxt, do in rows for state in states}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,10 +212,13 @@ MachineInput = (
     | HangupRequested
 )
 
-# An ARI call hears of a hang-up from its events; the media stream closing first (Asterisk
-# closes an AudioSocket or chan_websocket as it hangs the channel up) only ends the call if
-# no event explains it within this long: a stream that broke on its own.
-MEDIA_ENDED_GRACE = 1.0
+# Failures that never end the call: a failed delete is final either way (404: gone already;
+# anything else is logged by the runner and cannot be retried forever), and a hold that fails
+# leaves the caller with silence.
+_NEVER_FATAL = (HangupChannel, DeleteBridge, CloseMedia, CloseBot, StartHold, StopHold)
+
+K = ResourceKind
+ChannelLeaving = ChannelHangupRequest | StasisEnd | ChannelDestroyed
 
 
 class CallMachine(Outbox):
@@ -191,49 +232,36 @@ class CallMachine(Outbox):
         *,
         fallback: Fallback | None = None,
         reject: str = "",
-        clock: Callable[[], float] | None = None,
         ring_timeout: float | None = None,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
         """`reject`: do not set the call up at all, hand the caller straight to the
-        fallback for this reason (bridge full, draining). `clock` (monotonic seconds) is only
-        read to time a fallback sound and an outbound call's set-up after its answer.
-        `ring_timeout`: an outbound call whose `caller` is still ringing."""
+        fallback for this reason (bridge full, draining). `ring_timeout`: an outbound call
+        whose `caller` is still ringing."""
+        super().__init__()
         self.ids = ids
         self.caller = caller
         self.bot_url = bot_url
         self.state = CallState.SETUP
         self.end_reason = ""
         self.ended_by: EndedBy | None = None
+        self.res = Resources()
+        self.res.up(K.CALLER)  # its way out is the fallback plan, not one delete
+        self._now = now  # of the input being handled
         self._setup_timeout = setup_timeout
         self.ringing = ring_timeout is not None
         # A ringing call's guard: Asterisk ends the ring itself; this only catches lost events.
         self._setup_deadline = now + setup_timeout + (ring_timeout or 0.0)
-        super().__init__()
-        self.caller_res = Res.UP
-        self.bridge_res = Res.NONE
-        self.media_res = Res.NONE  # the ExternalMedia channel
-        self.leg_res = Res.NONE  # our local media endpoint
-        self.bot_res = Res.NONE
-        self.hold_res = Res.NONE  # what the caller hears while the bot is away
         self.reconnects = Reconnects(reconnect or OFF)
         self.dtmf_dropped = 0  # the caller's digits while the bot was away
-        self.media_in_stasis = False
         self.media_channel: Channel | None = None
-        self.bridged = False
-        self._bridging = False
-        self._hangup_caller = True
-        self._bot_said_goodbye = False  # closed normally before the call was up
+        self._joining: AddChannels | None = None  # in flight
         # A hang-up asked for after the play-out (HangupRequested(drain=True)): its reason and
         # who asked, used once PlayoutDrained comes.
         self._goodbye: tuple[str, EndedBy] | None = None
         self.fallback = fallback or Fallback()
-        self._clock = clock or (lambda: now)
         self.answered = False
         self.used_fallback = False
-        # The bridge creation got no answer: Asterisk may create it after our delete. A
-        # late ExternalMedia channel announces itself (StasisStart); a late bridge does not.
-        self.bridge_unsure = False
         # The caller's remaining fallback steps ("answer", "play", "continue", "hangup"), run
         # one at a time once the bridge is gone (a channel still in our bridge would take the
         # sound into the bridge, and `continue` must not race the bridge's teardown).
@@ -245,6 +273,12 @@ class CallMachine(Outbox):
             self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         elif not self.ringing:
             self._emit(Answer(ids.caller_id))
+
+    @property
+    def bridge_unsure(self) -> bool:
+        """The bridge creation got no answer: Asterisk may create it after our delete. A
+        late ExternalMedia channel announces itself (StasisStart); a late bridge does not."""
+        return self.res[K.BRIDGE].unsure
 
     # ---- public API -------------------------------------------------------------------
 
@@ -259,6 +293,7 @@ class CallMachine(Outbox):
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         if self.state is CallState.SETUP and now >= self._setup_deadline and self.ringing:
             self._end("no_answer", by=EndedBy.CALLER)
         elif self.state is CallState.SETUP and now >= self._setup_deadline:
@@ -271,228 +306,86 @@ class CallMachine(Outbox):
         if self.state is CallState.BOT_AWAY:
             self._redial_or_give_up(now)
 
-    def handle(self, event: MachineInput) -> None:
-        if self.state is CallState.ENDED:
+    def handle(self, event: MachineInput, now: float) -> None:
+        trigger = TRIGGERS.get((self.state, type(event)))
+        if trigger is None:
+            return  # nothing to do in this state (ENDED takes nothing)
+        self._now = now
+        next_state, do = trigger
+        do(self, event)
+        if next_state is not None and self.state not in (next_state, CallState.ENDED):
+            raise CallStateError(f"call {self.ids.call_id}: {type(event).__name__} left it in "
+                                 f"{self.state.name}, not {next_state.name}")  # fmt: skip
+
+    # ---- the phone side -----------------------------------------------------------------
+
+    def _on_stasis_start(self, event: StasisStart) -> None:
+        if event.channel.id == self.ids.media_channel_id:
+            self.res[K.MEDIA_CHANNEL].in_app = True
+            self._maybe_bridge()
+        elif event.channel.id == self.ids.caller_id and self.ringing:
+            # An outbound call's channel answered and entered the app: set up as for a caller.
+            self.ringing = False
+            self.caller = event.channel
+            self._setup_deadline = self._now + self._setup_timeout
+            self._emit(Answer(self.ids.caller_id))
+
+    def _on_caller_dtmf(self, event: ChannelDtmfReceived) -> None:
+        if event.channel.id != self.ids.caller_id:
             return
-        if isinstance(event, CommandDone):
-            self._on_done(event.command, event.value)
-        elif isinstance(event, CommandFailed):
-            self._on_failed(event)
-        elif isinstance(event, BotConnected):
-            self._on_bot_connected()
-        elif isinstance(event, BotClosed):
-            self._on_bot_closed(event)
-        elif isinstance(event, PlayoutDrained):
-            if self.state is CallState.DRAINING:
-                reason, by = self._goodbye or ("bot ended the call", EndedBy.BOT)
-                self._end(reason, by=by)
-        elif isinstance(event, MediaFailed):
-            self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
-        elif isinstance(event, MediaEnded):
-            if self.state in (CallState.SETUP, CallState.UP, CallState.BOT_AWAY,
-                              CallState.DRAINING):  # fmt: skip
-                self._media_ended_deadline = self._clock() + MEDIA_ENDED_GRACE
-        elif isinstance(event, MediaDtmf):
-            pass  # the caller's ChannelDtmfReceived carries the same digit: forward that one
-        elif isinstance(event, HangupRequested) and event.drain and not event.caller_gone:
-            self._drain_then_end(event)
-        elif isinstance(event, HangupRequested):
-            if event.caller_gone:
-                self._caller_gone()
-            by = event.by or (EndedBy.CALLER if event.caller_gone else EndedBy.BRIDGE)
-            self._end(event.reason, fallback=event.fallback, by=by)
-        else:
-            self._on_ari(event)
+        if self.res.life(K.BOT) is Life.UP:
+            self._emit(SendDtmf(event.digit))
+        elif self.state is CallState.BOT_AWAY:
+            self.dtmf_dropped += 1
 
-    # ---- ARI events ---------------------------------------------------------------------
-
-    def _on_ari(self, event: AriEvent) -> None:
-        if isinstance(event, StasisStart):
-            if event.channel.id == self.ids.media_channel_id:
-                self.media_in_stasis = True
-                self._maybe_bridge()
-            elif event.channel.id == self.ids.caller_id and self.ringing:
-                self._answered_far_end(event.channel)
-        elif isinstance(event, ChannelDtmfReceived):
-            if event.channel.id == self.ids.caller_id and self.bot_res is Res.UP:
-                self._emit(SendDtmf(event.digit))
-            elif event.channel.id == self.ids.caller_id and self.state is CallState.BOT_AWAY:
-                self.dtmf_dropped += 1
-        elif isinstance(event, ChannelHangupRequest | StasisEnd | ChannelDestroyed):
-            self._on_channel_leaving(event.channel.id)
-        elif isinstance(event, BridgeDestroyed) and event.bridge.id == self.ids.bridge_id:
-            if self.bridge_res is not Res.DELETING:
-                self.bridge_res = Res.GONE
-            self._end("bridge destroyed", fallback=True, by=EndedBy.ASTERISK)
-        elif isinstance(event, PlaybackFinished):
-            step = self._caller_step
-            if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
-                self._playback_done()
-
-    def _answered_far_end(self, channel: Channel) -> None:
-        """An outbound call's channel answered and entered the app: set up as for a caller."""
-        self.ringing = False
-        if self.state is not CallState.SETUP:
-            return
-        self.caller = channel
-        self._setup_deadline = self._clock() + self._setup_timeout
-        self._emit(Answer(self.ids.caller_id))
-
-    def _on_channel_leaving(self, channel_id: str) -> None:
-        if channel_id == self.ids.caller_id:
+    def _on_channel_leaving(self, event: ChannelLeaving) -> None:
+        media = self.res[K.MEDIA_CHANNEL]
+        if event.channel.id == self.ids.caller_id:
             self._caller_gone()
             self._end("caller hung up", by=EndedBy.CALLER)
-        elif channel_id == self.ids.media_channel_id and self.media_res is not Res.DELETING:
+        elif event.channel.id == self.ids.media_channel_id and media.life is not Life.DELETING:
             # Somebody else removed our media channel: the call has no audio path left.
-            if self.media_res is Res.UP:
-                self.media_res = Res.GONE
+            if media.life is Life.UP:
+                media.life = Life.GONE
             self._end("media channel went away", fallback=True, by=EndedBy.ASTERISK)
 
+    def _on_bridge_destroyed(self, event: BridgeDestroyed) -> None:
+        if event.bridge.id != self.ids.bridge_id:
+            return
+        self.res.gone(K.BRIDGE)  # not ENDING yet: no delete of ours is in flight
+        self._end("bridge destroyed", fallback=True, by=EndedBy.ASTERISK)
+
+    def _on_playback_finished(self, event: PlaybackFinished) -> None:
+        step = self._caller_step
+        if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
+            self._playback_done()
+
     def _caller_gone(self) -> None:
-        self._hangup_caller = False
-        if self.caller_res in (Res.UP, Res.DELETING):
-            self.caller_res = Res.GONE
-        if self.hold_res is Res.UP:
-            self.hold_res = Res.GONE  # it went with the caller's channel
+        self.res.gone(K.CALLER)
+        if self.res.life(K.HOLD) is Life.UP:
+            self.res.gone(K.HOLD)  # it went with the caller's channel
         if self._caller_plan or self._caller_step is not None:
             self._caller_plan.clear()
             self._caller_step = None
             self._playback_deadline = None
             self._maybe_finish()
 
-    # ---- command results ----------------------------------------------------------------
+    # ---- the media leg, the service -----------------------------------------------------
 
-    def _on_done(self, cmd: Command, value: object) -> None:
-        self._pending.discard(cmd)
-        if isinstance(cmd, Answer):
-            self.answered = True
-            if cmd is self._caller_step:
-                self._caller_step_done()
-            elif self.state is CallState.SETUP:
-                self._start_setup()
-        elif isinstance(cmd, PlaySound):
-            # Started: the step ends with its PlaybackFinished, or at the cap.
-            if cmd is self._caller_step:
-                self._playback_deadline = self._clock() + PLAYBACK_CAP
-        elif isinstance(cmd, ContinueInDialplan):
-            if cmd is self._caller_step:
-                self._caller_step = None
-                self._caller_plan.clear()
-                self.caller_res = Res.GONE
-        elif isinstance(cmd, OpenMedia):
-            self._created("leg_res", CloseMedia())
-            if self.state is CallState.SETUP and isinstance(value, Mapping):
-                self.media_res = Res.CREATING
-                params = tuple((str(k), str(v)) for k, v in value.items())
-                self._emit(CreateExternalMedia(self.ids.media_channel_id, params))
-        elif isinstance(cmd, CreateBridge):
-            self._created("bridge_res", DeleteBridge(self.ids.bridge_id))
-            self._maybe_bridge()
-        elif isinstance(cmd, CreateExternalMedia):
-            if isinstance(value, Channel):
-                self.media_channel = value
-            self._created("media_res", HangupChannel(self.ids.media_channel_id))
-            if self.state is CallState.SETUP and self.media_channel is not None:
-                self._emit(StartMedia(self.media_channel))
-            self._maybe_bridge()
-        elif isinstance(cmd, AddChannels):
-            self._bridging = False
-            self.bridged = True
-            self._maybe_up()
-        elif isinstance(cmd, StartHold):
-            self._created("hold_res", StopHold(self.ids.caller_id))
-        elif isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot | StopHold):
-            self._teardown_done(cmd)
-        self._maybe_finish()
+    def _on_media_failed(self, event: MediaFailed) -> None:
+        self._end(f"media failed: {event.reason}", fallback=True, by=EndedBy.BRIDGE)
 
-    def _on_failed(self, failed: CommandFailed) -> None:
-        cmd = failed.command
-        self._pending.discard(cmd)
-        if cmd is self._caller_step:
-            self._caller_step_failed(failed)
-            self._maybe_finish()
+    def _on_media_ended(self, event: MediaEnded) -> None:
+        self._media_ended_deadline = self._now + MEDIA_ENDED_GRACE
+
+    def _on_hangup_requested(self, event: HangupRequested) -> None:
+        if event.drain and not event.caller_gone:
+            self._drain_then_end(event)
             return
-        if isinstance(cmd, CreateBridge):
-            if failed.status is None:
-                self.bridge_unsure = True
-            self.bridge_res = self._after_failed_creation(failed, self.bridge_res)
-            if self.bridge_res is Res.DELETING:
-                self._emit_teardown(DeleteBridge(self.ids.bridge_id))
-        elif isinstance(cmd, CreateExternalMedia):
-            self.media_res = self._after_failed_creation(failed, self.media_res)
-            if self.media_res is Res.DELETING:
-                self._emit_teardown(HangupChannel(self.ids.media_channel_id))
-        elif isinstance(cmd, OpenMedia):
-            self.leg_res = Res.GONE
-        elif isinstance(cmd, AddChannels):
-            self._bridging = False
-        elif isinstance(cmd, Answer) and failed.status == 404:
+        if event.caller_gone:
             self._caller_gone()
-        elif isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot):
-            # A failed delete is final either way: 404 means gone already, anything else is
-            # logged by the runner and cannot be retried forever.
-            self._teardown_done(cmd)
-        elif isinstance(cmd, StartHold | StopHold):
-            self.hold_res = Res.GONE  # never the call's end: the caller hears silence instead
-        elif isinstance(cmd, ConnectBot):
-            self.bot_res = Res.GONE
-            if self.state is CallState.BOT_AWAY and self.reconnects.dial_failed(self._clock()):
-                return  # the next re-dial comes with the timer
-        if not isinstance(cmd, HangupChannel | DeleteBridge | CloseMedia | CloseBot | StartHold
-                          | StopHold):  # fmt: skip
-            by = EndedBy.BOT if isinstance(cmd, ConnectBot) else EndedBy.BRIDGE
-            self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True, by=by)
-        self._advance_caller()
-        self._maybe_finish()
-
-    @staticmethod
-    def _after_failed_creation(failed: CommandFailed, res: Res) -> Res:
-        """A creation with no HTTP answer (timeout, connection lost) may still have been
-        performed by a slow Asterisk: its id is ours, so delete it (a 404 is fine) rather
-        than leave it behind. An HTTP error answer means it was not created."""
-        if failed.status is None:
-            return Res.DELETING if res is Res.DELETING else Res.UP
-        return Res.GONE
-
-    def _created(self, attr: str, delete: Command) -> None:
-        """A creation answered: either keep the resource, or delete it if we are ending."""
-        if getattr(self, attr) is Res.DELETING:
-            # Teardown started while this was in flight: delete it now that it exists.
-            self._emit_teardown(delete)
-        else:
-            setattr(self, attr, Res.UP)
-
-    # ---- setup --------------------------------------------------------------------------
-
-    def _start_setup(self) -> None:
-        self.leg_res = Res.CREATING
-        self._emit(OpenMedia())
-        self.bridge_res = Res.CREATING
-        name = self.ids.bridge_name or f"pipecat-{self.ids.caller_id}"
-        self._emit(CreateBridge(self.ids.bridge_id, name))
-        self.bot_res = Res.CREATING
-        self._emit(ConnectBot(self.bot_url))
-
-    def _maybe_bridge(self) -> None:
-        if (
-            self.state is CallState.SETUP
-            and not self._bridging
-            and not self.bridged
-            and self.bridge_res is Res.UP
-            and self.media_res is Res.UP
-            and self.media_in_stasis
-        ):
-            self._bridging = True
-            self._emit(
-                AddChannels(self.ids.bridge_id, (self.ids.caller_id, self.ids.media_channel_id))
-            )
-
-    def _on_bot_connected(self) -> None:
-        if self.bot_res is Res.CREATING:
-            self.bot_res = Res.UP
-        if self.state is CallState.BOT_AWAY and self.bot_res is Res.UP:
-            self._resumed()
-        self._maybe_up()
+        by = event.by or (EndedBy.CALLER if event.caller_gone else EndedBy.BRIDGE)
+        self._end(event.reason, fallback=event.fallback, by=by)
 
     def _drain_then_end(self, event: HangupRequested) -> None:
         """Hang up once what the bot queued has played out; before the call is up, once it
@@ -505,23 +398,142 @@ class CallMachine(Outbox):
         elif self.state is CallState.BOT_AWAY:  # nothing queued to play out
             self._end(event.reason, by=event.by or EndedBy.BRIDGE)
 
-    def _maybe_up(self) -> None:
-        if self.state is not CallState.SETUP or not self.bridged:
+    def _on_drained(self, event: PlayoutDrained) -> None:
+        reason, by = self._goodbye or ("bot ended the call", EndedBy.BOT)
+        self._end(reason, by=by)
+
+    # ---- command results ----------------------------------------------------------------
+
+    def _on_done(self, event: CommandDone) -> None:
+        cmd, value = event.command, event.value
+        self._pending.discard(cmd)
+        if isinstance(cmd, Answer):
+            self.answered = True
+        if cmd is self._caller_step:
+            self._caller_step_done(cmd)
+        elif isinstance(cmd, Answer):
+            if self.state is CallState.SETUP:
+                self._start_setup()
+        elif isinstance(cmd, OpenMedia):
+            self._created(K.MEDIA_LEG)
+            if self.state is CallState.SETUP and isinstance(value, Mapping):
+                self.res.creating(K.MEDIA_CHANNEL, HangupChannel(self.ids.media_channel_id))
+                params = tuple((str(k), str(v)) for k, v in value.items())
+                self._emit(CreateExternalMedia(self.ids.media_channel_id, params))
+        elif isinstance(cmd, CreateBridge):
+            self._created(K.BRIDGE)
+            self._maybe_bridge()
+        elif isinstance(cmd, CreateExternalMedia):
+            if isinstance(value, Channel):
+                self.media_channel = value
+            self._created(K.MEDIA_CHANNEL)
+            if self.state is CallState.SETUP and self.media_channel is not None:
+                self._emit(StartMedia(self.media_channel))
+            self._maybe_bridge()
+        elif isinstance(cmd, AddChannels):
+            self._joining = None
+            self.res[K.CALLER].joined = self.res[K.MEDIA_CHANNEL].joined = True
+            self._maybe_up()
+        elif isinstance(cmd, StartHold):
+            self._created(K.HOLD)
+        elif self.res.deleted_by(cmd) is not None:
+            self._advance_caller()  # a bridge or hold gone may free the caller's next step
+        self._maybe_finish()
+
+    def _on_failed(self, failed: CommandFailed) -> None:
+        cmd = failed.command
+        self._pending.discard(cmd)
+        if cmd is self._caller_step:
+            self._caller_step_failed(failed)
+            self._maybe_finish()
             return
-        if self.bot_res is Res.UP and self._goodbye is None:
+        if isinstance(cmd, CreateBridge | CreateExternalMedia):
+            kind = K.BRIDGE if isinstance(cmd, CreateBridge) else K.MEDIA_CHANNEL
+            delete = self.res.creation_failed(kind, answered=failed.status is not None)
+            if delete is not None:
+                self._emit_teardown(delete)
+        elif isinstance(cmd, OpenMedia):
+            self.res.gone(K.MEDIA_LEG)
+        elif isinstance(cmd, AddChannels):
+            self._joining = None
+        elif isinstance(cmd, Answer) and failed.status == 404:
+            self._caller_gone()
+        elif isinstance(cmd, StartHold | StopHold):
+            self.res.gone(K.HOLD)  # never the call's end: the caller hears silence instead
+        elif isinstance(cmd, ConnectBot):
+            self.res.gone(K.BOT)
+            if self.state is CallState.BOT_AWAY and self.reconnects.dial_failed(self._now):
+                return  # the next re-dial comes with the timer
+        else:
+            self.res.deleted_by(cmd)
+        if not isinstance(cmd, _NEVER_FATAL):
+            by = EndedBy.BOT if isinstance(cmd, ConnectBot) else EndedBy.BRIDGE
+            self._end(f"{type(cmd).__name__} failed: {failed.error}", fallback=True, by=by)
+        self._advance_caller()
+        self._maybe_finish()
+
+    def _created(self, kind: ResourceKind) -> None:
+        """A creation answered: keep the row, or delete it now if teardown came first."""
+        delete = self.res.created(kind)
+        if delete is not None:
+            self._emit_teardown(delete)
+
+    # ---- setup --------------------------------------------------------------------------
+
+    def _start_setup(self) -> None:
+        self.res.creating(K.MEDIA_LEG, CloseMedia())
+        self._emit(OpenMedia())
+        self.res.creating(K.BRIDGE, DeleteBridge(self.ids.bridge_id))
+        name = self.ids.bridge_name or f"pipecat-{self.ids.caller_id}"
+        self._emit(CreateBridge(self.ids.bridge_id, name))
+        self._dial_bot(ConnectBot(self.bot_url))
+
+    def _dial_bot(self, connect: ConnectBot) -> None:
+        self.res.creating(K.BOT, CloseBot(send_stop=True), cancels=True)
+        self._emit(connect)
+
+    def _maybe_bridge(self) -> None:
+        media = self.res[K.MEDIA_CHANNEL]
+        if (
+            self.state is CallState.SETUP
+            and self._joining is None
+            and not media.joined
+            and self.res.life(K.BRIDGE) is Life.UP
+            and media.life is Life.UP
+            and media.in_app
+        ):
+            channels = (self.ids.caller_id, self.ids.media_channel_id)
+            self._joining = AddChannels(self.ids.bridge_id, channels)
+            self._emit(self._joining)
+
+    def _on_bot_connected(self, event: BotConnected) -> None:
+        bot = self.res[K.BOT]
+        if bot.life is Life.CREATING:
+            bot.life = Life.UP
+        if self.state is CallState.BOT_AWAY and bot.life is Life.UP:
+            self._resumed()
+        self._maybe_up()
+
+    def _maybe_up(self) -> None:
+        if self.state is not CallState.SETUP or not self.res[K.MEDIA_CHANNEL].joined:
+            return
+        bot = self.res.life(K.BOT)
+        if bot is Life.UP and self._goodbye is None:
             self._goto(CallState.UP)
-        elif self._bot_said_goodbye or (self._goodbye is not None and self.bot_res is Res.UP):
-            # A bot that spoke and hung up before the bridge was ready is still heard out.
+        elif bot in (Life.UP, Life.GONE):
+            # A bot that spoke and hung up before the bridge was ready (in SETUP a bot that
+            # is GONE closed normally: any other close ends the call), or a hang-up asked for
+            # with a bot connected: what it queued is still heard out.
             self._goto(CallState.UP)
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
 
     def _on_bot_closed(self, event: BotClosed) -> None:
-        was_up = self.bot_res is Res.UP
-        self.bot_res = Res.GONE
+        was_up = self.res.life(K.BOT) is Life.UP
+        self.res.gone(K.BOT)
         why_not = ""
         if was_up and self.state is CallState.UP:
-            why_not = self.reconnects.on_drop(event.code, self._clock())
+            why_not = self.reconnects.on_drop(event.code, self._now)
             if not why_not:
                 self._bot_away()
                 return
@@ -529,7 +541,7 @@ class CallMachine(Outbox):
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
         elif was_up and event.code == 1000 and self.state is CallState.SETUP:
-            self._bot_said_goodbye = True
+            pass  # its goodbye is played out once the call is up (_maybe_up)
         elif self.state in (CallState.SETUP, CallState.UP):
             resumed = self.reconnects.policy.enabled and is_redeploy(event.code)
             self._end(
@@ -544,25 +556,25 @@ class CallMachine(Outbox):
     def _bot_away(self) -> None:
         self._goto(CallState.BOT_AWAY)
         self._emit(ClearPlayout())  # the dropped session's audio, and its marks, are stale
-        if self.hold_res in (Res.NONE, Res.GONE):
-            self.hold_res = Res.CREATING
+        if not self.res.is_held(K.HOLD):
+            self.res.creating(K.HOLD, StopHold(self.ids.caller_id))
             self._emit(StartHold(self.ids.caller_id))
-        self._redial_or_give_up(self._clock())
+        self._redial_or_give_up(self._now)
 
     def _redial_or_give_up(self, now: float) -> None:
         r = self.reconnects
         if r.deadline is not None and now >= r.deadline:
             self._end(f"bot did not come back within {r.policy.window:g} s (it closed with "
                       f"code {r.drop_code})", fallback=True, by=EndedBy.BOT)  # fmt: skip
-        elif r.next_dial_at is not None and now >= r.next_dial_at and self.bot_res is Res.GONE:
+        elif (r.next_dial_at is not None and now >= r.next_dial_at
+              and self.res.life(K.BOT) is Life.GONE):  # fmt: skip
             budget = r.dial_started(now)
-            self.bot_res = Res.CREATING
-            self._emit(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
+            self._dial_bot(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
 
     def _resumed(self) -> None:
-        self.reconnects.resumed(self._clock())
+        self.reconnects.resumed(self._now)
         self._goto(CallState.UP)
-        self._teardown("hold_res", StopHold(self.ids.caller_id))
+        self._teardown(K.HOLD)
 
     # ---- teardown -----------------------------------------------------------------------
 
@@ -573,20 +585,33 @@ class CallMachine(Outbox):
         self.end_reason = reason
         self.ended_by = by
         self._goto(CallState.ENDING)
-        if self.bot_res in (Res.UP, Res.CREATING):
-            self._emit_teardown(CloseBot(send_stop=True))
-            self.bot_res = Res.DELETING
-        self._teardown("media_res", HangupChannel(self.ids.media_channel_id))
-        self._teardown("hold_res", StopHold(self.ids.caller_id))
-        if self._hangup_caller and self.caller_res is Res.UP:
-            self.caller_res = Res.DELETING
-            self._caller_plan = self._plan_for_caller(fallback)
-            self.used_fallback = fallback
-            self._advance_caller()
-        self._teardown("bridge_res", DeleteBridge(self.ids.bridge_id))
-        self._teardown("leg_res", CloseMedia())
+        for kind in self.res.held():  # in teardown order
+            if kind is not K.CALLER:
+                self._teardown(kind)
+            elif self.res.life(K.CALLER) is Life.UP:
+                self.res[K.CALLER].life = Life.DELETING
+                self._caller_plan = self._plan_for_caller(fallback)
+                self.used_fallback = fallback
+                self._advance_caller()
         self._advance_caller()
         self._maybe_finish()
+
+    def _teardown(self, kind: ResourceKind) -> None:
+        delete = self.res.teardown(kind)
+        if delete is not None:
+            self._emit_teardown(delete)
+
+    def _maybe_finish(self) -> None:
+        if self.state is not CallState.ENDING or self._pending:
+            return
+        if self._caller_plan or self._caller_step is not None:
+            return
+        # With no delete pending, a row still CREATING/DELETING is a creation in flight:
+        # its answer will tell whether there is something left to delete.
+        if self.res.in_flight():
+            return
+        self._goto(CallState.ENDED)
+        self._emit(Finished(self.end_reason))
 
     # ---- the caller's way out -----------------------------------------------------------
 
@@ -603,8 +628,8 @@ class CallMachine(Outbox):
         """Issue the caller's next step, once nothing of ours still holds the caller."""
         if self._caller_step is not None or not self._caller_plan:
             return
-        held = (self.bridge_res, self.hold_res)
-        if self._caller_plan[0] != "hangup" and any(r not in (Res.NONE, Res.GONE) for r in held):
+        held = self.res.is_held(K.BRIDGE) or self.res.is_held(K.HOLD)
+        if self._caller_plan[0] != "hangup" and held:
             return  # the bridge's (or music on hold's) delete or creation is still in flight
         step = self._caller_plan.pop(0)
         caller = self.ids.caller_id
@@ -621,15 +646,24 @@ class CallMachine(Outbox):
         self._caller_step = cmd
         self._emit_teardown(cmd)
 
-    def _caller_step_done(self) -> None:
+    def _caller_step_done(self, cmd: Command) -> None:
+        if isinstance(cmd, PlaySound):
+            # Started: the step ends with its PlaybackFinished, or at the cap.
+            self._playback_deadline = self._now + PLAYBACK_CAP
+            return
         self._caller_step = None
-        self._advance_caller()
+        if isinstance(cmd, ContinueInDialplan | HangupChannel):
+            self._caller_plan.clear()
+            self.res.gone(K.CALLER)  # handed over, or hung up
+        else:
+            self._advance_caller()
 
     def _playback_done(self) -> None:
         self._playback_deadline = None
         if isinstance(self._caller_step, PlaySound):
             self._pending.discard(self._caller_step)
-            self._caller_step_done()
+            self._caller_step = None
+            self._advance_caller()
         self._maybe_finish()
 
     def _caller_step_failed(self, failed: CommandFailed) -> None:
@@ -637,59 +671,15 @@ class CallMachine(Outbox):
         if failed.status == 404:
             # The caller is gone already: nothing left to hand over.
             self._caller_plan.clear()
-            self.caller_res = Res.GONE
+            self.res.gone(K.CALLER)
             return
         if isinstance(step, HangupChannel):
-            self.caller_res = Res.GONE  # final either way, as for our own channels
+            self.res.gone(K.CALLER)  # final either way, as for our own channels
             return
         if isinstance(step, ContinueInDialplan):
             # A bad fallback location must not strand the caller in silence: hang up.
             self._caller_plan = ["hangup"]
         self._advance_caller()
-
-    def _teardown(self, attr: str, delete: Command) -> None:
-        res = getattr(self, attr)
-        if res is Res.UP:
-            self._emit_teardown(delete)
-        if res in (Res.UP, Res.CREATING):
-            setattr(self, attr, Res.DELETING)
-
-    def _teardown_done(self, cmd: Command) -> None:
-        if cmd is self._caller_step:
-            self._caller_step = None
-            if isinstance(cmd, HangupChannel):
-                self.caller_res = Res.GONE
-            return
-        if isinstance(cmd, HangupChannel):
-            if cmd.channel_id == self.ids.caller_id:
-                self.caller_res = Res.GONE
-            else:
-                self.media_res = Res.GONE
-        elif isinstance(cmd, DeleteBridge):
-            self.bridge_res = Res.GONE
-            self._advance_caller()
-        elif isinstance(cmd, CloseMedia):
-            self.leg_res = Res.GONE
-        elif isinstance(cmd, CloseBot):
-            self.bot_res = Res.GONE
-        elif isinstance(cmd, StopHold):
-            self.hold_res = Res.GONE
-            self._advance_caller()
-
-    def _maybe_finish(self) -> None:
-        if self.state is not CallState.ENDING or self._pending:
-            return
-        if self._caller_plan or self._caller_step is not None:
-            return
-        # With no delete pending, a resource still CREATING/DELETING is a creation in flight:
-        # its answer will tell whether there is something left to delete.
-        busy = (Res.CREATING, Res.DELETING)
-        resources = (self.bridge_res, self.media_res, self.leg_res, self.bot_res, self.caller_res,
-                     self.hold_res)  # fmt: skip
-        if any(res in busy for res in resources):
-            return
-        self._goto(CallState.ENDED)
-        self._emit(Finished(self.end_reason))
 
     # ---- plumbing -----------------------------------------------------------------------
 
@@ -698,3 +688,6 @@ class CallMachine(Outbox):
             raise CallStateError(f"call {self.ids.call_id}: {self.state.name} -> {state.name}")
         old, self.state = self.state, state
         self._changes.append(StateChanged(old, state, self.end_reason, self.ended_by))
+
+
+TRIGGERS = _trigger_table()

@@ -138,7 +138,7 @@ class Call:
             self._times["answered"] = self._times["started"]  # Asterisk answered it
             self.machine = DialplanCallMachine(
                 ids.call_id, bot_url, self._loop.time(), setup_timeout, reject=reject,
-                reconnect=self._reconnect, clock=self._loop.time,
+                reconnect=self._reconnect,
             )  # fmt: skip
         else:
             self.machine = CallMachine(
@@ -149,7 +149,6 @@ class Call:
                 setup_timeout,
                 fallback=fallback,
                 reject=reject,
-                clock=self._loop.time,
                 ring_timeout=ring_timeout,
                 reconnect=self._reconnect,
             )
@@ -160,8 +159,8 @@ class Call:
         self.finished = self._loop.create_future()
 
     @property
-    def state(self) -> str:
-        return self.machine.state.value
+    def state(self) -> CallState:
+        return self.machine.state
 
     # ---- the read model -----------------------------------------------------------------
 
@@ -217,7 +216,7 @@ class Call:
             self.log.exception("call_observer_failed", change=repr(change))
 
     def start(self) -> None:
-        if self.machine.state.value == "ending":
+        if self.machine.state is CallState.ENDING:
             self.log.warning("call_rejected", reason=self.machine.end_reason,
                              fallback=self.machine.fallback.policy)
         else:
@@ -227,7 +226,7 @@ class Call:
         self._pump()
 
     def feed(self, event: AriEvent | MachineInput) -> None:
-        self.machine.handle(event)
+        self.machine.handle(event, self._loop.time())
         self._pump()
 
     # ---- command execution ----------------------------------------------------------------
@@ -269,7 +268,7 @@ class Call:
             self._spawn(cmd, self._close_bot(cmd))
         elif isinstance(cmd, CloseMedia):
             self.leg.close(hangup=cmd.hangup)
-            self.machine.handle(CommandDone(cmd))
+            self.machine.handle(CommandDone(cmd), self._loop.time())
         elif self._rest is not None:
             self._execute_ari(cmd, self._rest)
 
@@ -359,7 +358,7 @@ class Call:
         try:
             self.leg.start(cmd.channel)
         except ValueError as exc:
-            self.machine.handle(MediaFailed(str(exc)))
+            self.machine.handle(MediaFailed(str(exc)), self._loop.time())
             return
         self.log.info("media_started", **self.leg.describe())
 
@@ -426,7 +425,7 @@ class Call:
                           caller_frames_dropped=self.caller_frames_dropped)  # fmt: skip
         else:
             self.log.info("bot_connected")
-        self.machine.handle(BotConnected())
+        self.machine.handle(BotConnected(), self._loop.time())
         if cmd.resume:
             self._publish(Milestone("bot_reconnected"))
         self._milestone("bot_connected")

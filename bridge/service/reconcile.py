@@ -24,10 +24,15 @@ from typing import Any
 from ari.models import Bridge, Channel
 from ari.rest import AriRestClient
 from bridge.call.commands import HangupRequested
+from bridge.call.machine import CallState
 from bridge.errors import BridgeError
 from bridge.logs import get_logger
 from bridge.service.config import Settings
 from bridge.service.registry import CallRegistry
+
+# The calls a resync looks after (as before the states were compared as enums; a call in
+# BOT_AWAY is not among them).
+WATCHED = (CallState.SETUP, CallState.UP, CallState.DRAINING)
 
 log = get_logger("bridge")
 
@@ -90,14 +95,14 @@ class Reconciler:
         channel_ids = {c.id for c in channels}
         bridge_ids = {b.id for b in bridges}
         for call in registry:
-            if call.state not in ("setup", "up", "draining") or not call.ids.caller_id:
+            if call.state not in WATCHED or not call.ids.caller_id:
                 continue  # ending already, or a call from the dialplan (not in ARI)
             if getattr(call.machine, "ringing", False):
                 continue  # an outbound call still ringing: not in the app until answered
             if call.ids.caller_id not in in_app:
                 call.log.info("resync_caller_gone")
                 call.feed(HangupRequested("caller left while events were down", caller_gone=True))
-            elif call.state != "setup" and call.ids.call_id in registry.active and (
+            elif call.state is not CallState.SETUP and call.ids.call_id in registry.active and (
                 call.ids.bridge_id not in bridge_ids or call.ids.media_channel_id not in channel_ids
             ):
                 call.log.warning("resync_media_path_gone")

@@ -27,6 +27,7 @@ from bridge.call.commands import (
     PlaySound,
 )
 from bridge.call.machine import PLAYBACK_CAP, CallState, Fallback
+from bridge.call.resources import Life, ResourceKind
 from tests.bridge.call.test_machine import EM_PARAMS, Harness
 
 HUMANS = Fallback("continue", "humans", "100", 2)
@@ -65,7 +66,7 @@ def fail_bot_during_setup(h: Harness) -> list[Command]:
     _open_media, bridge, bot = h.answered()
     assert isinstance(bot, ConnectBot)
     h.done(bridge)
-    h.machine.handle(CommandFailed(bot, "connection refused"))
+    h.machine.handle(CommandFailed(bot, "connection refused"), h.now)
     return h.take()
 
 
@@ -109,7 +110,7 @@ def test_sound_plays_before_continue_and_waits_for_its_playback_finished() -> No
     h = Harness(fallback=HUMANS_WITH_SOUND)
     h.setup_to_up()
     h.take()
-    h.machine.handle(BotClosed(1011, "internal error"))
+    h.machine.handle(BotClosed(1011, "internal error"), h.now)
     out = h.take()
     assert not any(isinstance(c, PlaySound) for c in out)
     (delete,) = [c for c in out if isinstance(c, DeleteBridge)]
@@ -120,9 +121,9 @@ def test_sound_plays_before_continue_and_waits_for_its_playback_finished() -> No
     assert (play.channel_id, play.media) == (h.ids.caller_id, "sound:sorry")
     h.done(play)
     assert h.take() == []
-    h.machine.handle(playback_finished("someone-else", h.ids.caller_id))
+    h.machine.handle(playback_finished("someone-else", h.ids.caller_id), h.now)
     assert h.take() == []
-    h.machine.handle(playback_finished(play.playback_id, h.ids.caller_id))
+    h.machine.handle(playback_finished(play.playback_id, h.ids.caller_id), h.now)
     (cont,) = h.take()
     assert isinstance(cont, ContinueInDialplan)
     h.done(cont)
@@ -133,7 +134,7 @@ def test_a_lost_playback_finished_does_not_strand_the_caller() -> None:
     h = Harness(fallback=HUMANS_WITH_SOUND)
     h.setup_to_up()
     h.take()
-    h.machine.handle(BotClosed(1006, ""))
+    h.machine.handle(BotClosed(1006, ""), h.now)
     (play,) = answer_all(h, h.take())
     h.done(play)
     deadline = h.machine.next_timer()
@@ -149,7 +150,7 @@ def test_a_bad_fallback_location_hangs_up_rather_than_strand_the_caller() -> Non
     h = Harness(fallback=HUMANS)
     out = fail_bot_during_setup(h)
     (cont,) = answer_all(h, out)
-    h.machine.handle(CommandFailed(cont, "Requested context not found", 400))
+    h.machine.handle(CommandFailed(cont, "Requested context not found", 400), h.now)
     (hangup,) = h.take()
     assert isinstance(hangup, HangupChannel)
     assert hangup.channel_id == h.ids.caller_id
@@ -159,7 +160,7 @@ def test_caller_hanging_up_during_the_sound_ends_the_call() -> None:
     h = Harness(fallback=HUMANS_WITH_SOUND)
     h.setup_to_up()
     h.take()
-    h.machine.handle(BotClosed(1011, ""))
+    h.machine.handle(BotClosed(1011, ""), h.now)
     (play,) = answer_all(h, h.take())
     h.done(play)
     h.event('"ChannelHangupRequest"')
@@ -180,7 +181,7 @@ def test_bot_ending_the_call_normally_is_a_hangup_not_a_fallback() -> None:
     h = Harness(fallback=HUMANS)
     h.setup_to_up()
     h.take()
-    h.machine.handle(HangupRequested("bridge shutting down"))
+    h.machine.handle(HangupRequested("bridge shutting down"), h.now)
     out = h.take()
     assert any(isinstance(c, HangupChannel) and c.channel_id == h.ids.caller_id for c in out)
     assert not any(isinstance(c, ContinueInDialplan) for c in out)
@@ -203,7 +204,7 @@ def test_rejected_call_with_a_sound_is_answered_first() -> None:
     (play,) = h.take()
     assert isinstance(play, PlaySound)
     h.done(play)
-    h.machine.handle(playback_finished(play.playback_id, h.ids.caller_id))
+    h.machine.handle(playback_finished(play.playback_id, h.ids.caller_id), h.now)
     (hangup,) = h.take()
     assert isinstance(hangup, HangupChannel)
     h.done(hangup)
@@ -213,7 +214,7 @@ def test_rejected_call_with_a_sound_is_answered_first() -> None:
 def test_a_caller_gone_before_continue_needs_no_handover() -> None:
     h = Harness(fallback=HUMANS, reject="bridge full")
     (cont,) = h.take()
-    h.machine.handle(CommandFailed(cont, "Channel not found", 404))
+    h.machine.handle(CommandFailed(cont, "Channel not found", 404), h.now)
     assert [type(c) for c in h.take()] == [Finished]
 
 
@@ -239,12 +240,12 @@ def test_setup_timeout_uses_the_fallback() -> None:
 def test_a_failed_bridge_creation_lets_the_fallback_go_on() -> None:
     h = Harness(fallback=HUMANS)
     _open_media, bridge, _bot = h.answered()
-    h.machine.handle(CommandFailed(bridge, "Internal Server Error", 500))
+    h.machine.handle(CommandFailed(bridge, "Internal Server Error", 500), h.now)
     out = h.take()
     (cont,) = [c for c in out if isinstance(c, ContinueInDialplan)]
     assert isinstance(bridge, CreateBridge)
-    h.machine.handle(CommandDone(cont))
-    assert h.machine.caller_res.value == "gone"
+    h.machine.handle(CommandDone(cont), h.now)
+    assert h.machine.res.life(ResourceKind.CALLER) is Life.GONE
 
 
 def test_fallback_rejects_continue_without_context() -> None:
@@ -256,7 +257,7 @@ def test_a_creation_that_timed_out_is_deleted_all_the_same() -> None:
     # No HTTP answer: a slow Asterisk may still create it, under our pre-assigned id.
     h = Harness()
     _open_media, bridge, _bot = h.answered()
-    h.machine.handle(CommandFailed(bridge, "TimeoutError"))
+    h.machine.handle(CommandFailed(bridge, "TimeoutError"), h.now)
     out = h.take()
     assert any(isinstance(c, DeleteBridge) and c.bridge_id == h.ids.bridge_id for c in out)
 
@@ -264,5 +265,5 @@ def test_a_creation_that_timed_out_is_deleted_all_the_same() -> None:
 def test_a_creation_refused_with_an_http_error_is_not_deleted() -> None:
     h = Harness()
     _open_media, bridge, _bot = h.answered()
-    h.machine.handle(CommandFailed(bridge, "Internal Server Error", 500))
+    h.machine.handle(CommandFailed(bridge, "Internal Server Error", 500), h.now)
     assert not any(isinstance(c, DeleteBridge) for c in h.take())

@@ -73,7 +73,6 @@ class Harness:
             "ws://bot/ws",
             self.now,
             10.0,
-            clock=lambda: self.now,
             **machine_kwargs,  # type: ignore[arg-type]
         )
         self.log: list[Command] = []
@@ -89,7 +88,7 @@ class Harness:
 
     def _feed(self, raw: str) -> None:
         self.machine.handle(
-            parse_event(raw.replace(self.recorded_em_id, self.ids.media_channel_id))
+            parse_event(raw.replace(self.recorded_em_id, self.ids.media_channel_id)), self.now
         )
 
     def media_stasis_start(self) -> None:
@@ -97,7 +96,7 @@ class Harness:
         self._feed(next(r for r in starts if self.recorded_em_id in r))
 
     def done(self, cmd: Command, value: object = None) -> None:
-        self.machine.handle(CommandDone(cmd, value))
+        self.machine.handle(CommandDone(cmd, value), self.now)
 
     def answered(self) -> list[Command]:
         """Answer the caller; return what the machine does next (OpenMedia, CreateBridge,
@@ -116,7 +115,7 @@ class Harness:
         self.media_stasis_start()
         (add,) = self.take()
         self.done(add)
-        self.machine.handle(BotConnected())
+        self.machine.handle(BotConnected(), self.now)
         assert self.machine.state is CallState.UP
         del bot
 
@@ -151,7 +150,7 @@ def test_setup_emits_rest_calls_in_recorded_order() -> None:
     assert add.channel_ids == (h.caller.id, "pcb-em-c1")
     h.done(add)
     assert h.machine.state is CallState.SETUP  # the bot is not connected yet
-    h.machine.handle(BotConnected())
+    h.machine.handle(BotConnected(), h.now)
     assert h.machine.state is CallState.UP
     assert h.machine.next_timer() is None
 
@@ -191,10 +190,10 @@ def test_caller_hangup_tears_down_everything_but_the_caller() -> None:
 def test_bot_ends_call_plays_out_then_hangs_up_caller() -> None:
     h = Harness()
     h.setup_to_up()
-    h.machine.handle(BotClosed(1000, ""))
+    h.machine.handle(BotClosed(1000, ""), h.now)
     assert types(h.take()) == [DrainPlayout]
     assert h.machine.state is CallState.DRAINING
-    h.machine.handle(PlayoutDrained())
+    h.machine.handle(PlayoutDrained(), h.now)
     teardown = h.take()
     assert types(teardown) == [HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
     assert {c.channel_id for c in teardown if isinstance(c, HangupChannel)} == {
@@ -209,7 +208,7 @@ def test_bot_ends_call_plays_out_then_hangs_up_caller() -> None:
 def test_bot_abnormal_close_hangs_up_at_once() -> None:
     h = Harness()
     h.setup_to_up()
-    h.machine.handle(BotClosed(1011, "internal error"))
+    h.machine.handle(BotClosed(1011, "internal error"), h.now)
     assert types(h.take()) == [HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
     assert "1011" in h.machine.end_reason
 
@@ -225,7 +224,7 @@ def test_dtmf_goes_to_bot_only_when_connected() -> None:
 def test_hangup_while_bridge_creation_in_flight_deletes_it_when_it_lands() -> None:
     h = Harness()
     open_media, bridge, bot = h.answered()
-    h.machine.handle(HangupRequested("caller gone", caller_gone=True))
+    h.machine.handle(HangupRequested("caller gone", caller_gone=True), h.now)
     assert types(h.take()) == [CloseBot]  # nothing else exists yet
     h.done(bot)
     assert h.take() == []
@@ -244,8 +243,8 @@ def test_failed_external_media_rolls_back_and_hangs_up() -> None:
     h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
     h.done(bridge)
-    h.machine.handle(BotConnected())
-    h.machine.handle(CommandFailed(create_em, "Internal error", 500))
+    h.machine.handle(BotConnected(), h.now)
+    h.machine.handle(CommandFailed(create_em, "Internal error", 500), h.now)
     teardown = h.take()
     assert types(teardown) == [CloseBot, HangupChannel, DeleteBridge, CloseMedia]
     assert isinstance(teardown[1], HangupChannel) and teardown[1].channel_id == h.caller.id
@@ -270,7 +269,7 @@ def test_setup_timeout() -> None:
 def test_answer_404_means_caller_gone() -> None:
     h = Harness()
     (answer,) = h.take()
-    h.machine.handle(CommandFailed(answer, "Channel not found", 404))
+    h.machine.handle(CommandFailed(answer, "Channel not found", 404), h.now)
     assert types(h.take()) == [Finished]
 
 
@@ -284,7 +283,7 @@ def test_em_channel_vanishing_ends_call() -> None:
     h.setup_to_up()
     raw = json.dumps({"type": "ChannelDestroyed", "cause": 16, "cause_txt": "Normal Clearing",
                       "channel": {"id": "pcb-em-c1", "name": "UnicastRTP/x"}})
-    h.machine.handle(parse_event(raw))
+    h.machine.handle(parse_event(raw), h.now)
     assert h.machine.end_reason == "media channel went away"
     assert HangupChannel not in [
         type(c) for c in h.take() if getattr(c, "channel_id", None) == "pcb-em-c1"
@@ -297,12 +296,12 @@ def test_full_recorded_stream_ends_cleanly(scenario: str) -> None:
     h = Harness(scenario)
     h.setup_to_up()
     for raw in h.raw[1:]:
-        h.machine.handle(parse_event(raw.replace(h.recorded_em_id, h.ids.media_channel_id)))
+        h.machine.handle(parse_event(raw.replace(h.recorded_em_id, h.ids.media_channel_id)), h.now)
         for cmd in h.take():
             if not isinstance(cmd, SendDtmf | Finished):
                 h.done(cmd)
     if h.machine.state is CallState.UP:
-        h.machine.handle(HangupRequested("test over"))
+        h.machine.handle(HangupRequested("test over"), h.now)
         for cmd in h.take():
             h.done(cmd)
         h.take()
@@ -314,8 +313,9 @@ def test_full_recorded_stream_ends_cleanly(scenario: str) -> None:
 def test_bot_that_says_goodbye_during_setup_is_still_heard() -> None:
     h = Harness()
     open_media, bridge, _bot = h.answered()
-    h.machine.handle(BotConnected())
-    h.machine.handle(BotClosed(1000, ""))  # queued its audio and left before the bridge was up
+    h.machine.handle(BotConnected(), h.now)
+    # It queued its audio and left before the bridge was up.
+    h.machine.handle(BotClosed(1000, ""), h.now)
     assert h.machine.state is CallState.SETUP
     h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
@@ -333,7 +333,7 @@ def test_media_stream_closing_ends_an_ari_call_only_if_no_event_explains_it() ->
     h.setup_to_up()
     h.take()
     h.now = 5.0
-    h.machine.handle(MediaEnded("asterisk closed the media socket"))
+    h.machine.handle(MediaEnded("asterisk closed the media socket"), h.now)
     assert h.machine.state is CallState.UP  # the hang-up's events may be just behind
     assert h.machine.next_timer() == 5.0 + MEDIA_ENDED_GRACE
     h.machine.handle_timer(5.0 + MEDIA_ENDED_GRACE)
@@ -346,8 +346,8 @@ def test_media_stream_closing_with_the_callers_hangup_is_just_a_hangup() -> None
     h = Harness()
     h.setup_to_up()
     h.take()
-    h.machine.handle(MediaEnded("asterisk closed the media socket"))
-    h.machine.handle(MediaDtmf("5"))  # the ARI event carries the digit; this one is dropped
+    h.machine.handle(MediaEnded("asterisk closed the media socket"), h.now)
+    h.machine.handle(MediaDtmf("5"), h.now)  # the ARI event carries the digit; this one is dropped
     assert not any(isinstance(c, SendDtmf) for c in h.take())
     h.event('"type":"StasisEnd"')
     assert h.machine.end_reason == "caller hung up"
@@ -358,13 +358,13 @@ def test_hangup_with_drain_plays_out_then_hangs_up_by_whoever_asked() -> None:
     h = Harness()
     h.setup_to_up()
     h.take()
-    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True), h.now)
     assert types(h.take()) == [DrainPlayout]  # the bot's queued goodbye is heard first
     assert h.machine.state is CallState.DRAINING
-    h.machine.handle(BotClosed(1000, ""))  # its socket closing changes nothing
-    h.machine.handle(HangupRequested("again", by=EndedBy.BOT, drain=True))
+    h.machine.handle(BotClosed(1000, ""), h.now)  # its socket closing changes nothing
+    h.machine.handle(HangupRequested("again", by=EndedBy.BOT, drain=True), h.now)
     assert h.take() == []
-    h.machine.handle(PlayoutDrained())
+    h.machine.handle(PlayoutDrained(), h.now)
     teardown = h.take()
     assert types(teardown) == [HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
     for cmd in teardown:
@@ -377,17 +377,17 @@ def test_hangup_with_drain_while_the_bot_is_still_up_closes_it_after_the_play_ou
     h = Harness()
     h.setup_to_up()
     h.take()
-    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True), h.now)
     h.take()
-    h.machine.handle(PlayoutDrained())
+    h.machine.handle(PlayoutDrained(), h.now)
     assert types(h.take()) == [CloseBot, HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
 
 
 def test_hangup_with_drain_during_setup_waits_for_the_call_to_be_up() -> None:
     h = Harness()
     open_media, bridge, _bot = h.answered()
-    h.machine.handle(BotConnected())
-    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True))
+    h.machine.handle(BotConnected(), h.now)
+    h.machine.handle(HangupRequested("bot hung up (REST)", by=EndedBy.BOT, drain=True), h.now)
     assert h.machine.state is CallState.SETUP and h.take() == []
     h.done(open_media, EM_PARAMS)
     (create_em,) = h.take()
@@ -402,8 +402,8 @@ def test_hangup_with_drain_during_setup_waits_for_the_call_to_be_up() -> None:
 def test_hangup_without_drain_cuts_the_play_out() -> None:
     h = Harness()
     h.setup_to_up()
-    h.machine.handle(BotClosed(1000, ""))
+    h.machine.handle(BotClosed(1000, ""), h.now)
     h.take()
-    h.machine.handle(HangupRequested("operator", by=EndedBy.API))
+    h.machine.handle(HangupRequested("operator", by=EndedBy.API), h.now)
     assert types(h.take()) == [HangupChannel, HangupChannel, DeleteBridge, CloseMedia]
     assert h.machine.ended_by is EndedBy.API

@@ -43,7 +43,7 @@ def up(policy: ReconnectPolicy = POLICY, scenario: str = "basic_ulaw") -> Harnes
 
 
 def drop(h: Harness, code: int | None = 1012) -> list[Command]:
-    h.machine.handle(BotClosed(code, "service restart"))
+    h.machine.handle(BotClosed(code, "service restart"), h.now)
     return h.take()
 
 
@@ -68,7 +68,7 @@ def test_drop_redials_at_once_and_a_resumed_session_takes_the_call_back() -> Non
     assert h.machine.state is CallState.BOT_AWAY and h.machine.end_reason == ""
     h.done(hold)
     h.now += 0.4
-    h.machine.handle(BotConnected())
+    h.machine.handle(BotConnected(), h.now)
     (stop,) = h.take()
     assert isinstance(stop, StopHold) and stop.channel_id == h.caller.id
     assert h.machine.state is CallState.UP
@@ -84,7 +84,7 @@ def test_refused_redials_follow_the_backoff_then_the_fallback_comes_within_the_w
     dials = [h.now]
     while True:
         h.now += 0.01
-        h.machine.handle(CommandFailed(dial, "refused"))
+        h.machine.handle(CommandFailed(dial, "refused"), h.now)
         out = h.take()
         if out:
             break  # no re-dial fits in the window any more
@@ -122,7 +122,7 @@ def test_a_dial_in_flight_at_the_deadline_is_abandoned() -> None:
     h.machine.handle_timer(h.now)
     out = h.take()
     assert types(out)[0] is CloseBot  # the connect attempt is cancelled
-    h.machine.handle(CommandFailed(dial, "cancelled"))
+    h.machine.handle(CommandFailed(dial, "cancelled"), h.now)
     finish(h, out)
 
 
@@ -143,7 +143,7 @@ def test_a_hung_bot_fails_at_once() -> None:
 def test_a_bot_refusing_before_the_call_is_up_is_final() -> None:
     h = Harness(reconnect=POLICY)
     _open, _bridge, dial = h.answered()
-    h.machine.handle(CommandFailed(dial, "refused"))
+    h.machine.handle(CommandFailed(dial, "refused"), h.now)
     assert h.machine.state is CallState.ENDING
     assert not any(isinstance(c, ConnectBot) for c in h.take())
 
@@ -155,7 +155,7 @@ def test_caller_hangs_up_during_the_outage_nothing_left() -> None:
     h.event('"cause":16,"type":"ChannelHangupRequest"')
     out = h.take()
     assert types(out) == [CloseBot, HangupChannel, DeleteBridge, CloseMedia]  # no StopHold
-    h.machine.handle(CommandFailed(dial, "cancelled"))  # the abandoned re-dial
+    h.machine.handle(CommandFailed(dial, "cancelled"), h.now)  # the abandoned re-dial
     finish(h, out)
 
 
@@ -164,11 +164,11 @@ def test_caller_hangs_up_while_the_hold_is_starting() -> None:
     _clear, hold, dial = drop(h)
     h.event('"cause":16,"type":"ChannelHangupRequest"')
     out = h.take()
-    h.machine.handle(CommandFailed(dial, "cancelled"))
+    h.machine.handle(CommandFailed(dial, "cancelled"), h.now)
     for cmd in out:
         h.done(cmd)
     assert h.machine.state is CallState.ENDING  # the music on hold request is in flight
-    h.machine.handle(CommandFailed(hold, "Channel not found", 404))
+    h.machine.handle(CommandFailed(hold, "Channel not found", 404), h.now)
     assert types(h.take()) == [Finished]
 
 
@@ -178,7 +178,7 @@ def test_max_resumes_then_the_fallback() -> None:
         _clear, hold, _dial = drop(h)
         h.done(hold)
         h.now += 0.2
-        h.machine.handle(BotConnected())
+        h.machine.handle(BotConnected(), h.now)
         (stop,) = h.take()
         h.done(stop)
     out = drop(h, 1011)
@@ -205,7 +205,7 @@ def test_a_bot_hang_up_during_the_outage_ends_at_once() -> None:
     h = up()
     _clear, hold, _dial = drop(h)
     h.done(hold)
-    h.machine.handle(HangupRequested("api hang-up", drain=True))
+    h.machine.handle(HangupRequested("api hang-up", drain=True), h.now)
     assert h.machine.state is CallState.ENDING
 
 
@@ -214,52 +214,51 @@ def test_a_bot_hang_up_during_the_outage_ends_at_once() -> None:
 
 def dialplan_up() -> tuple[DialplanCallMachine, list[float]]:
     clock = [50.0]
-    m = DialplanCallMachine("d1", "ws://bot/ws", clock[0], 10.0, reconnect=POLICY,
-                            clock=lambda: clock[0])  # fmt: skip
+    m = DialplanCallMachine("d1", "ws://bot/ws", clock[0], 10.0, reconnect=POLICY)
     (dial,) = m.commands_to_send()
-    m.handle(BotConnected())
-    m.handle(CommandDone(dial))
+    m.handle(BotConnected(), clock[0])
+    m.handle(CommandDone(dial), clock[0])
     assert m.state is CallState.UP
     return m, clock
 
 
 def test_dialplan_call_resumes_too() -> None:
     m, clock = dialplan_up()
-    m.handle(BotClosed(1012, ""))
+    m.handle(BotClosed(1012, ""), clock[0])
     clear, hold, dial = m.commands_to_send()
     assert isinstance(clear, ClearPlayout) and isinstance(hold, StartHold)
     assert isinstance(dial, ConnectBot) and dial.resume == 1
-    m.handle(MediaDtmf("5"))
+    m.handle(MediaDtmf("5"), clock[0])
     assert m.dtmf_dropped == 1 and m.commands_to_send() == []
     clock[0] += 0.5
-    m.handle(BotConnected())
+    m.handle(BotConnected(), clock[0])
     assert types(m.commands_to_send()) == [StopHold]
     assert m.state is CallState.UP
 
 
 def test_dialplan_call_never_back_continues_in_the_dialplan() -> None:
     m, clock = dialplan_up()
-    m.handle(BotClosed(1001, ""))
+    m.handle(BotClosed(1001, ""), clock[0])
     *_, dial = m.commands_to_send()
     clock[0] += 0.5
-    m.handle(CommandFailed(dial, "refused"))
+    m.handle(CommandFailed(dial, "refused"), clock[0])
     assert m.next_timer() == 50.6  # the next re-dial
     clock[0] = 53.0  # it never ran: the deadline comes first
     m.handle_timer(clock[0])
     assert "did not come back within 3 s" in m.end_reason
     (close,) = m.commands_to_send()
     assert isinstance(close, CloseMedia) and not close.hangup  # the dialplan goes on
-    m.handle(CommandDone(close))
+    m.handle(CommandDone(close), clock[0])
     assert types(m.commands_to_send()) == [Finished]
 
 
 def test_dialplan_caller_hangs_up_during_the_outage() -> None:
-    m, _clock = dialplan_up()
-    m.handle(BotClosed(1012, ""))
+    m, clock = dialplan_up()
+    m.handle(BotClosed(1012, ""), clock[0])
     *_, dial = m.commands_to_send()
-    m.handle(MediaEnded("closed"))
+    m.handle(MediaEnded("closed"), clock[0])
     (close_bot,) = m.commands_to_send()  # the leg is gone already
     assert isinstance(close_bot, CloseBot)
-    m.handle(CommandFailed(dial, "cancelled"))
-    m.handle(CommandDone(close_bot))
+    m.handle(CommandFailed(dial, "cancelled"), clock[0])
+    m.handle(CommandDone(close_bot), clock[0])
     assert types(m.commands_to_send()) == [Finished]
