@@ -100,6 +100,27 @@ class Dial:
 
 
 @dataclass(frozen=True, slots=True)
+class CallBroadcast:
+    """StasisBroadcast() offers `channel` to this app (every connected app matching the filter
+    gets one): claim it with POST /events/claim, the first claim wins. `caller` is the
+    caller-id number, `called` the extension (recorded: broadcast_claim)."""
+
+    channel: Channel
+    caller: str
+    called: str
+    application: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallClaimed:
+    """Sent only with StasisBroadcast's notify_claimed=yes, to every matching app, the winner
+    included: `winner_app` took `channel`."""
+
+    channel: Channel
+    winner_app: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     type: str
     raw: Mapping[str, Any]
@@ -117,6 +138,8 @@ AriEvent = (
     | BridgeDestroyed
     | PlaybackFinished
     | Dial
+    | CallBroadcast
+    | CallClaimed
     | UnknownEvent
 )
 
@@ -124,6 +147,11 @@ AriEvent = (
 def _int(obj: Mapping[str, Any], key: str) -> int:
     value = obj.get(key, 0)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key, "")
+    return value if isinstance(value, str) else ""
 
 
 def _stasis_start(d: Mapping[str, Any]) -> StasisStart:
@@ -181,6 +209,15 @@ def _dial(d: Mapping[str, Any]) -> Dial:
     )
 
 
+def _broadcast(d: Mapping[str, Any]) -> CallBroadcast:
+    channel = parse_channel(d.get("channel"))
+    return CallBroadcast(channel, _str(d, "caller"), _str(d, "called"), _str(d, "application"))
+
+
+def _claimed(d: Mapping[str, Any]) -> CallClaimed:
+    return CallClaimed(parse_channel(d.get("channel")), _str(d, "winner_app"))
+
+
 _PARSERS: dict[str, Any] = {
     "StasisStart": _stasis_start,
     "StasisEnd": lambda d: StasisEnd(parse_channel(d.get("channel"))),
@@ -197,6 +234,8 @@ _PARSERS: dict[str, Any] = {
     "BridgeDestroyed": lambda d: BridgeDestroyed(parse_bridge(d.get("bridge"))),
     "PlaybackFinished": _playback_finished,
     "Dial": _dial,
+    "CallBroadcast": _broadcast,
+    "CallClaimed": _claimed,
 }
 
 

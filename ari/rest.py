@@ -227,6 +227,22 @@ class AriRestClient:
             idempotent=True,
         )  # fmt: skip
 
+    async def claim(self, channel_id: str, application: str) -> bool:
+        """POST /events/claim: take a broadcast call for `application`. True: won (204, the
+        channel's StasisStart follows); False: lost (409: another app claimed it first, or
+        its session runs; 404: too late, the broadcast timed out or the caller hung up).
+        Anything else raises. Not idempotent: only the first claim can win."""
+        try:
+            await self.request(
+                "POST", "/events/claim", {"channelId": channel_id, "application": application}
+            )
+        except AriHttpError as exc:
+            if exc.status not in (404, 409):
+                raise
+            log.debug("claim_lost", channel_id=channel_id, status=exc.status, error=str(exc))
+            return False
+        return True
+
     async def list_channels(self) -> list[Channel]:
         body = await self.request("GET", "/channels", idempotent=True)
         return [_parse(parse_channel, c, "GET", "/channels") for c in body or []]

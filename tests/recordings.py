@@ -19,7 +19,8 @@ def session(scenario: str) -> list[dict[str, Any]]:
 def raw_events(scenario: str) -> Iterator[str]:
     for line in session(scenario):
         if line["kind"] == "event":
-            yield line["raw"]
+            # broadcast_claim (another recorder) keeps the parsed event only
+            yield line["raw"] if "raw" in line else json.dumps(line["event"])
 
 
 def rest_exchanges(scenario: str, role: str | None = None) -> list[dict[str, Any]]:

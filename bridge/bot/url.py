@@ -5,7 +5,12 @@ The URL: the --bot-url template, or a ws:// URL given as a Stasis argument
 The dialect: --dialect, overridden by a `#dialect=NAME` fragment on the chosen URL (a
 fragment never goes on the wire, so it is the bridge's own), overridden by a Stasis argument
 `dialect=NAME` (`Stasis(pipecat,dialect=vonage)`). The media transport is chosen the same
-way: --transport, overridden by `transport=NAME`."""
+way: --transport, overridden by `transport=NAME`.
+
+A broadcast call (`StasisBroadcast(500,^pipecat,bot=sales:dialect=vonage)`) cannot carry a
+URL: Asterisk splits its args at `:`, so `ws://h:8765/x` would arrive as three args. It names
+its bot instead, `bot=NAME`, looked up in --bot-map (ARI calls and dialplan calls alike); an
+unknown name is refused, never sent to the default bot."""
 
 from __future__ import annotations
 
@@ -22,6 +27,18 @@ def bot_url_from_args(args: Sequence[str]) -> str | None:
         if arg.startswith(("ws://", "wss://")):
             return arg
     return None
+
+
+def bot_template(
+    default_template: str, args: Sequence[str], bot_map: Sequence[tuple[str, str]]
+) -> tuple[str, str]:
+    """(URL template, why refused): the `bot=NAME` argument's entry of --bot-map, else the
+    default; "" and a reason for a NAME that is not in the map."""
+    name = option_from_args(args, "bot")
+    if name is None:
+        return default_template, ""
+    url = dict(bot_map).get(name, "")
+    return (url, "") if url else ("", f"unknown bot {name!r} (not in --bot-map)")
 
 
 def render_bot_url(template: str, values: Mapping[str, str]) -> str:

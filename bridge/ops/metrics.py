@@ -54,6 +54,7 @@ Metrics (counters carry the `_total` suffix in the output; histograms `_bucket/_
 | `pipecat_bridge_ari_events_reconnects_total` | counter | | events socket connections after the first |
 | `pipecat_bridge_ari_events_rejected_total` | counter | | ARI events that did not parse |
 | `pipecat_bridge_ari_resyncs_total` | counter | | reconciliations with Asterisk after a (re)connect |
+| `pipecat_bridge_claims_total` | counter | `result` | claims of StasisBroadcast calls: won, lost (409: another process was first; 404: too late) |
 | `pipecat_bridge_draining` | gauge | | 1 once the bridge stopped taking calls |
 | `pipecat_bridge_webhook_deliveries_total` | counter | `result` | webhook deliveries (one event to one URL): delivered, dropped (absent without webhooks) |
 | `pipecat_bridge_webhook_failed_attempts_total` | counter | | webhook tries that failed (retried or final) |
@@ -378,6 +379,10 @@ class _Collector:
                                   value=events.bad_events)  # fmt: skip
         yield CounterMetricFamily(P + "ari_resyncs", "Reconciliations with Asterisk.",
                                   value=controller.reconciler.resyncs)  # fmt: skip
+        claims = {"won": getattr(controller, "claims_won", 0),
+                  "lost": getattr(controller, "claims_lost", 0)}  # fmt: skip
+        yield _labelled_counter("claims", "Claims of broadcast calls, by result.", "result",
+                                claims)  # fmt: skip
 
     def _webhooks(self) -> Iterator[Metric]:
         webhooks = getattr(self._m._controller, "webhooks", None)

@@ -22,7 +22,7 @@ from ari.models import Channel
 from ari.rest import AriRestClient
 from bridge.bot.dialects import create_dialect
 from bridge.bot.dialects.base import BotDialect, CallInfo
-from bridge.bot.url import option_from_args, resolve_bot
+from bridge.bot.url import bot_template, option_from_args, resolve_bot
 from bridge.call.machine import CallIds, Fallback
 from bridge.call.reconnect import ReconnectPolicy
 from bridge.call.runner import Call, CallObserver
@@ -101,7 +101,9 @@ class CallFactory:
             "caller": number,
             "called": called,
         }
-        bot_url, dialect_name = resolve_bot(s.bot_url, s.dialect, args, values)
+        template, unknown_bot = bot_template(s.bot_url, args, s.bot_map)
+        reject = reject or unknown_bot
+        bot_url, dialect_name = resolve_bot(template or s.bot_url, s.dialect, args, values)
         info = CallInfo(call_id, caller.id, number, called, outbound.custom if outbound else {})
         call_log = log.bind(call_id=call_id, channel_id=caller.id)
         dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)

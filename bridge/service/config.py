@@ -71,6 +71,9 @@ class Settings:
     fallback_priority: int = 1
     fallback_sound: str = ""
     max_calls: int = 0
+    # Broadcast calls (StasisBroadcast): the longest a loaded process waits before claiming
+    # (its delay grows with its load; an idle one claims at once).
+    claim_max_delay_ms: int = 150
     drain_timeout: float = 30.0
     setup_timeout: float = 10.0
     rest_timeout: float = 5.0
@@ -171,6 +174,11 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--fallback-priority", "fallback_priority", "dialplan priority for --fallback continue"),
     ("--fallback-sound", "fallback_sound", "media played before the fallback, e.g. sound:sorry"),
     ("--max-calls", "max_calls", "most concurrent calls (0: as many as --rtp-ports allows)"),
+    (
+        "--claim-max-delay-ms",
+        "claim_max_delay_ms",
+        "StasisBroadcast: longest claim delay of a loaded process (idle: 0), in ms",
+    ),
     ("--drain-timeout", "drain_timeout", "seconds calls may go on after SIGTERM"),
     ("--setup-timeout", "setup_timeout", "seconds for a call's whole set-up"),
     ("--rest-timeout", "rest_timeout", "seconds for one ARI REST request"),
@@ -202,6 +210,7 @@ _INTS = (
     "reorder_window_ms",
     "fallback_priority",
     "max_calls",
+    "claim_max_delay_ms",
 )
 _FLOATS = (
     "expect_ttl",
@@ -388,7 +397,7 @@ def _validate(raw: dict[str, str]) -> Settings:
                 kwargs[name] = float(raw[name])
     except ValueError as exc:
         raise ConfigError(f"bad number: {exc}") from None
-    for name in ("playout_reserve_ms", "reorder_window_ms", "max_calls"):
+    for name in ("playout_reserve_ms", "reorder_window_ms", "max_calls", "claim_max_delay_ms"):
         if int(kwargs.get(name, 0)) < 0:  # type: ignore[call-overload]
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
     for name in ("max_queue_ms", "fallback_priority", *_FLOATS):

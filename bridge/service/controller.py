@@ -1,11 +1,14 @@
 """The service: one ARI events socket, one REST session, one ticker, the media listeners and
 the registry of calls.
 
-Routing rule: a StasisStart of a channel that is not ours and not an ExternalMedia channel is
-a new caller; every other event goes to the call that owns its channel or bridge, or is
-ignored. A connection to a media listener that no ARI call expects is a call from the
-dialplan alone (`bridge.call.dialplan`). The registry lives here, on an instance, never in
-module state. Without ARI credentials only dialplan calls are served.
+Routing rule: a CallBroadcast (StasisBroadcast() offering a caller to every matching app) is
+claimed, after a delay that grows with the load, when this process can take the call
+(`bridge.service.claim`); a won claim brings the caller's ordinary StasisStart. A StasisStart
+of a channel that is not ours and not an ExternalMedia channel is a new caller; every other
+event goes to the call that owns its channel or bridge, or is ignored. A connection to a
+media listener that no ARI call expects is a call from the dialplan alone
+(`bridge.call.dialplan`). The registry lives here, on an instance, never in module state.
+Without ARI credentials only dialplan calls are served.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import contextlib
 import ipaddress
 from typing import Any
 
-from ari.events import AriEvent, StasisStart, UnknownEvent
+from ari.events import AriEvent, CallBroadcast, CallClaimed, StasisStart, UnknownEvent
 from ari.events_socket import AriEventsSocket, events_url
 from ari.models import Channel
 from ari.rest import AriRestClient
+from bridge.bot.url import option_from_args
 from bridge.call.commands import HangupRequested
 from bridge.call.runner import Call, CallObserver
 from bridge.call.view import CallChange, CallView
@@ -30,6 +34,7 @@ from bridge.ops.http_api import HttpApi
 from bridge.ops.lifecycle import webhooks_from_settings
 from bridge.ops.metrics import BridgeMetrics
 from bridge.service.calls import CallFactory
+from bridge.service.claim import ClaimPolicy, broadcast_args
 from bridge.service.config import Settings
 from bridge.service.outbound import ExpectedCall, OriginateRequest, OutboundCalls
 from bridge.service.reconcile import Reconciler
@@ -84,6 +89,11 @@ class Controller:
             self._on_events_connected,
         )
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Broadcast calls (StasisBroadcast): one claim task per offered channel.
+        self.claim_policy = ClaimPolicy(settings.claim_max_delay_ms / 1000)
+        self._claims: dict[str, asyncio.Task[None]] = {}
+        self.claims_won = 0
+        self.claims_lost = 0  # 409 (another process was first) or 404 (too late)
         self.listening = asyncio.Event()  # the media listeners are bound (run() started)
         self.http_api = HttpApi(self)  # --http-listen, from run(); keeps ended calls' views
 
@@ -172,7 +182,7 @@ class Controller:
     async def shutdown(self, grace: float = 5.0) -> None:
         self.draining = True
         self.reconciler.cancel()
-        for task in list(self._side_tasks):
+        for task in [*self._side_tasks, *self._claims.values()]:
             task.cancel()
         for call in self.registry:
             call.feed(HangupRequested("bridge shutting down"))
@@ -203,6 +213,12 @@ class Controller:
         self.outbound.expect(expected)
 
     def on_event(self, event: AriEvent) -> None:
+        if isinstance(event, CallBroadcast):
+            self._offered(event)
+            return
+        if isinstance(event, CallClaimed):
+            log.debug("call_claimed", channel_id=event.channel.id, winner_app=event.winner_app)
+            return
         if isinstance(event, UnknownEvent) or self.outbound.intercept(event):
             return
         if isinstance(event, StasisStart):
@@ -227,6 +243,57 @@ class Controller:
             log.warning("foreign_media_channel", channel_id=channel.id, name=channel.name)
         elif channel.id not in self.registry.by_channel:
             self.factory.ari_call(channel, event.args)
+
+    # ---- broadcast calls -------------------------------------------------------------------
+
+    def _offered(self, event: CallBroadcast) -> None:
+        """A caller offered to us: claim it after the policy's delay, if we can take it."""
+        channel = event.channel
+        if event.application and event.application != self.settings.app:
+            log.debug("broadcast_for_other_app", app=event.application, channel_id=channel.id)
+            return
+        loop = asyncio.get_running_loop()
+        at = self._claim_time(channel, loop.time())
+        if at is None:
+            log.debug("broadcast_declined", channel_id=channel.id)
+            return
+        old = self._claims.pop(channel.id, None)
+        if old is not None:
+            old.cancel()  # a new broadcast (after a continue): only this one can be won
+        task = loop.create_task(self._claim(channel, at))
+        self._claims[channel.id] = task
+        task.add_done_callback(lambda t: self._claims.pop(channel.id, None) if
+                               self._claims.get(channel.id) is t else None)  # fmt: skip
+
+    def _claim_time(self, channel: Channel, now: float) -> float | None:
+        """When to claim `channel` (loop time), or None: this process cannot take it now."""
+        args = broadcast_args(channel.app_data)
+        transport = option_from_args(args, "transport") or self.settings.transport
+        return self.claim_policy.claim_at(
+            now,
+            refused=self._admission(transport),
+            healthy=self.events.connected.is_set(),
+            active=len(self.registry.active),
+            max_calls=self.settings.max_calls,
+            app_data=channel.app_data,
+        )
+
+    async def _claim(self, channel: Channel, at: float) -> None:
+        loop = asyncio.get_running_loop()
+        if at > loop.time():
+            await asyncio.sleep(at - loop.time())
+            if self._claim_time(channel, loop.time()) is None:
+                return  # full or draining meanwhile: leave it to another process
+        try:
+            won = await self.rest.claim(channel.id, self.settings.app)
+        except BridgeError as exc:
+            log.info("claim_failed", channel_id=channel.id, error=str(exc))
+            return
+        if won:
+            self.claims_won += 1
+            log.debug("claim_won", channel_id=channel.id)
+        else:
+            self.claims_lost += 1
 
     async def _on_events_connected(self) -> None:
         self.reconciler.start()

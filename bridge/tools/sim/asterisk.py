@@ -108,7 +108,7 @@ class SimRequest:
 class _EventSocket:
     ws: web.WebSocketResponse
     transport: asyncio.Transport | None
-    subscribed: bool  # connected for our app (a socket may name other apps only)
+    apps: tuple[str, ...]  # the app names it was opened for (`?app=a,b`)
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -155,6 +155,7 @@ class SimulatedAsterisk(AsteriskOriginate):
         self._generation = 0  # one per Asterisk process: bumped by crash()
         self._requests_changed = asyncio.Condition()
         self._app_active = asyncio.Event()
+        self._sockets_event = asyncio.Event()  # set (and replaced) on every socket change
         self._runner: web.AppRunner | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             (m, re.compile(p), h)
@@ -182,6 +183,7 @@ class SimulatedAsterisk(AsteriskOriginate):
                 ("GET", r"/ari/asterisk/modules", self.system.list_modules),
                 ("GET", r"/ari/asterisk/modules/(?P<name>[^/]+)", self.system.get_module),
                 ("GET", r"/ari/asterisk/variable", self.system.get_global_var),
+                ("POST", r"/ari/events/claim", self._claim),
             )
         ]
 
@@ -306,14 +308,22 @@ class SimulatedAsterisk(AsteriskOriginate):
 
     # -- introspection and fault knobs -----------------------------------------------------
 
-    def _event_queues(self) -> list[asyncio.Queue[str]]:
-        return [sock.queue for sock in self._sockets if sock.subscribed]
+    def _event_queues(self, app: str | None = None) -> list[asyncio.Queue[str]]:
+        name = app or self.app
+        return [sock.queue for sock in self._sockets if name in sock.apps]
 
     async def wait_app_active(self) -> None:
         """Until an events socket is connected for the app (calls can arrive from then on)."""
         await self._app_active.wait()
 
+    async def wait_app_connected(self, name: str) -> None:
+        """Until an events socket is connected for app `name` (any app name)."""
+        while not self.app_connected(name):
+            await self._sockets_event.wait()
+
     def _sockets_changed(self) -> None:
+        self._sockets_event.set()
+        self._sockets_event = asyncio.Event()
         if self.app_active:
             self._app_active.set()
         else:
@@ -523,8 +533,9 @@ class SimulatedAsterisk(AsteriskOriginate):
         ws.headers["Server"] = self.system.server
         await ws.prepare(request)
         entry.status = 101
-        sock = _EventSocket(ws, request.transport, subscribed=self.app in apps)
-        self._app_registered |= sock.subscribed
+        sock = _EventSocket(ws, request.transport, apps=tuple(apps))
+        self._app_registered |= self.app in apps
+        self._other_apps.update(apps)
         self._sockets.append(sock)
         self._sockets_changed()
         writer = asyncio.create_task(self._write_events(sock))

@@ -62,6 +62,7 @@ class SimChannel:
     playback_end: asyncio.TimerHandle | None = None
     moh: str | None = None  # the music on hold class playing to it (POST .../moh), if any
     queued: deque[Callable[[], None]] = field(default_factory=deque)  # Stasis commands waiting
+    app: str = ""  # the app whose Stasis it is in ("": the simulator's `app`)
 
     def cancel_timers(self) -> None:
         for handle in (self.pending_start, self.playback_end):
@@ -77,6 +78,7 @@ class SimBridge:
     bridge_type: str
     creationtime: str
     channels: list[str] = field(default_factory=list)
+    app: str = ""  # the app subscribed to it: its first member's ("": the simulator's `app`)
 
     @property
     def technology(self) -> str:
@@ -140,17 +142,23 @@ class AsteriskCore(ABC):
         self._medias: list[EmMedia] = []
         self._links: list[links.MediaLink] = []  # every AudioSocket / media WebSocket opened
         self._app_registered = False  # Asterisk keeps the app listed after its socket went away
+        self._other_apps: set[str] = set()  # other app names registered (several processes)
         self._muted = False  # setting up what happened before anybody listened
         self._next_unique = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @abstractmethod
-    def _event_queues(self) -> list[asyncio.Queue[str]]:
-        """The queues of the events sockets connected for the app, in connection order."""
+    def _event_queues(self, app: str | None = None) -> list[asyncio.Queue[str]]:
+        """The queues of the events sockets connected for `app` (default: the simulator's
+        `app`), in connection order."""
 
     @property
     def app_active(self) -> bool:
         return bool(self._event_queues())
+
+    def app_connected(self, name: str) -> bool:
+        """An events socket is connected for app `name` (any app, not only `app`)."""
+        return bool(self._event_queues(name))
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -188,15 +196,17 @@ class AsteriskCore(ABC):
     # -- events ----------------------------------------------------------------------------
 
     def _emit(self, kind: str, ch: SimChannel | None = None, *, key: str = "channel",
-              **values: Any) -> None:  # fmt: skip
-        queues = self._event_queues()
+              app: str | None = None, **values: Any) -> None:  # fmt: skip
+        """To the app `app`, else the one `ch` is in, else the simulator's `app`."""
+        app = app or (ch.app if ch is not None else "") or self.app
+        queues = self._event_queues(app)
         if not queues or self._muted:
             return  # app inactive: Asterisk drops the event and never replays it (facts §16)
         if ch is not None:
             values[key] = self._snapshot(ch)
         raw = self._templates.event(
             kind, timestamp=format_timestamp(time.time()), asterisk_id=ASTERISK_ID,
-            application=self.app, **values,
+            application=app, **values,
         )  # fmt: skip
         if self._history:
             self.events_sent.append(raw)
@@ -242,13 +252,13 @@ class AsteriskCore(ABC):
         """The dialled ExternalMedia channel answers and enters Stasis (recorded order)."""
         if ch.in_stasis or self.channels.get(ch.id) is not ch:
             return
-        if not self.app_active:  # Stasis() fails for it: gone without an event (facts §16)
+        if not self.app_connected(ch.app or self.app):  # Stasis() fails: gone, no event (§16)
             self._remove(ch, "app")
             return
         ch.state = "Up"
         self._emit("ChannelStateChange", ch)
         self._emit("Dial", ch, key="peer", dialstatus="ANSWER", dialstring=ch.dialstring)
-        ch.dialplan = ("default", "s", 1, "Stasis", ",".join([self.app, *ch.args]))
+        ch.dialplan = ("default", "s", 1, "Stasis", ",".join([ch.app or self.app, *ch.args]))
         ch.variables["STASISSTATUS"] = ""
         self._emit("ChannelVarset", ch, variable="STASISSTATUS", value="")
         ch.in_stasis = True
@@ -258,6 +268,7 @@ class AsteriskCore(ABC):
         if ch.bridge_id == bridge.id:
             return
         self._leave_bridge(ch)  # addChannel moves a channel out of its old bridge (errors)
+        bridge.app = bridge.app or ch.app
         bridge.channels.append(ch.id)
         ch.bridge_id = bridge.id
         self._emit("ChannelEnteredBridge", ch, bridge=self._bridge_snapshot(bridge))
@@ -388,7 +399,7 @@ class AsteriskCore(ABC):
             return  # the queue died with the channel: the playback never started
         self.counts["playbacks"] += 1
         playback.state = "playing"
-        self._emit("PlaybackStarted", playback=playback.values())
+        self._emit("PlaybackStarted", app=ch.app or None, playback=playback.values())
         outcome = playback_outcome(playback.media, self.sounds, self.default_sound_seconds)
         if outcome is None:
             return  # no final update in play_on_channel: no PlaybackFinished (control.py)
@@ -408,7 +419,7 @@ class AsteriskCore(ABC):
         if ch.playback is playback:
             ch.playback = None
         playback.state = state
-        self._emit("PlaybackFinished", playback=playback.values())
+        self._emit("PlaybackFinished", app=ch.app or None, playback=playback.values())
         self._run_queued(ch)
 
     # -- the whole state ---------------------------------------------------------------
@@ -461,6 +472,7 @@ class AsteriskCore(ABC):
         if not self._history:
             self.calls.clear()
         self._app_registered = False  # a new process knows no app until one connects
+        self._other_apps.clear()
         self.counts["restarts"] += 1
 
     # -- helpers ---------------------------------------------------------------------------

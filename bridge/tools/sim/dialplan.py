@@ -34,7 +34,7 @@ import aiohttp
 from bridge.tools.sim import links
 from bridge.tools.sim.audio import CODECS
 from bridge.tools.sim.audiosocket import AudioSocketLink, Kind, connect_audiosocket
-from bridge.tools.sim.callers import AsteriskCallers
+from bridge.tools.sim.broadcast import AsteriskBroadcast
 from bridge.tools.sim.chan_websocket import MAX_MESSAGE, WsMediaCore, WsMediaLink
 from bridge.tools.sim.media import SimCall
 from bridge.tools.sim.recording import TimedDtmf
@@ -177,7 +177,7 @@ def query_string(variables: dict[str, str]) -> str:
     return "&".join(f"{quote(k, safe=safe)}={quote(v, safe=safe)}" for k, v in variables.items())
 
 
-class AsteriskDialplan(AsteriskCallers):
+class AsteriskDialplan(AsteriskBroadcast):
     """The dialplan dialling the bridge directly (AudioSocket and WebSocket client mode)."""
 
     def __init__(self, **core: Any) -> None:

@@ -108,9 +108,10 @@ class ExternalTransports(AsteriskCore):
         self._register_link(ch.id, link)
         link.send(Kind.UUID, uuid.UUID(data).bytes)  # audiosocket_call(): ast_audiosocket_init()
         body = self._link_channel(ch, {k: ch.variables[k] for k in AS_VARS})
-        if q["app"] != self.app or not self.app_active:
+        if not self.app_connected(q["app"]):
             link.close()  # Stasis() fails at once: the channel hangs up, its socket closes
             return Reply(200, body)
+        ch.app = q["app"]
         self._add_link_channel(ch)
         link.on_end = lambda reason: self._link_ended(ch, reason)
         delay = self._em_stasis_delay
@@ -157,8 +158,9 @@ class ExternalTransports(AsteriskCore):
             direction=parsed.get("d") or "both", passthrough="p" in parsed,
         )  # fmt: skip
         body = self._link_channel(ch, {k: variables[k] for k in WS_VARS})
-        if q["app"] != self.app or not self.app_active:
+        if not self.app_connected(q["app"]):
             return Reply(200, body)  # gone at once, as a UnicastRTP channel would be
+        ch.app = q["app"]
         self._add_link_channel(ch)
         self._ws_waiting[connection_id] = (ch, core)
 

@@ -240,12 +240,13 @@ class AsteriskResources(ExternalTransports):
             **self._snapshot_values(ch),
             "channelvars": {k: ch.variables[k] for k in CHANNELVARS},
         })  # fmt: skip
-        if q["app"] != self.app or not self.app_active:
+        if not self.app_connected(q["app"]):
             # Stasis() fails for it at once: the 200 names a channel that is already gone and
             # no event ever comes (errors: app=nosuchapp, then DELETE -> 404).
             assert ch.media is not None
             ch.media.close()
             return Reply(200, body)
+        ch.app = q["app"]
         self._add_media_channel(ch)
         delay = self._em_stasis_delay
         if delay < 0:  # StasisStart before the REST answer (facts §1: 3 of 5 under load)
@@ -313,25 +314,31 @@ class AsteriskResources(ExternalTransports):
             self._leave_bridge(self.channels[cid])
         del self.bridges[bid]
         self.counts["bridges_gone"] += 1
-        self._emit("BridgeDestroyed", bridge=self._bridge_snapshot(bridge))
+        self._emit("BridgeDestroyed", app=bridge.app or None,
+                   bridge=self._bridge_snapshot(bridge))  # fmt: skip
         return Reply(204)
 
     # -- applications, asterisk ------------------------------------------------------------
 
-    def _application(self) -> dict[str, Any]:
+    def _application(self, name: str) -> dict[str, Any]:
+        """An app's channels and bridges (a dead app's too: Asterisk shows no liveness)."""
         return reshape(self._templates.application, {
-            "name": self.app,
-            "channel_ids": [ch.id for ch in self.channels.values() if ch.in_stasis],
-            "bridge_ids": list(self.bridges),
+            "name": name,
+            "channel_ids": [ch.id for ch in self.channels.values()
+                            if ch.in_stasis and (ch.app or self.app) == name],
+            "bridge_ids": [b.id for b in self.bridges.values() if (b.app or self.app) == name],
         })  # fmt: skip
 
+    def _registered_apps(self) -> list[str]:
+        return [self.app] * self._app_registered + sorted(self._other_apps - {self.app})
+
     async def _list_applications(self, q: dict[str, str]) -> Reply:
-        return Reply(200, [self._application()] if self._app_registered else [])
+        return Reply(200, [self._application(name) for name in self._registered_apps()])
 
     async def _get_application(self, q: dict[str, str], app: str) -> Reply:
-        if app != self.app or not self._app_registered:
+        if app not in self._registered_apps():
             return error_reply(404, "Application not found")
-        return Reply(200, self._application())
+        return Reply(200, self._application(app))
 
     async def _ping(self, q: dict[str, str]) -> Reply:
         values = {"timestamp": format_timestamp(time.time()), "asterisk_id": ASTERISK_ID}

@@ -114,6 +114,23 @@ def _playback_event(recording_event: Mapping[str, Any], kind: str) -> dict[str, 
     return out
 
 
+def broadcast_events(fixtures_dir: Path = FIXTURES_DIR) -> dict[str, Mapping[str, Any]]:
+    """CallBroadcast and CallClaimed as recorded in `broadcast_claim` (its own format: one
+    JSON object a line, the events under `event`): the first of each."""
+    found: dict[str, Mapping[str, Any]] = {}
+    path = fixtures_dir / "broadcast_claim" / "session.jsonl"
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        event = entry.get("event") if entry.get("kind") == "event" else None
+        kind = event.get("type") if isinstance(event, dict) else None
+        if isinstance(event, dict) and kind in ("CallBroadcast", "CallClaimed"):
+            found.setdefault(kind, event)
+    missing = {"CallBroadcast", "CallClaimed"} - set(found)
+    if missing:
+        raise LookupError(f"broadcast_claim: no {sorted(missing)}")
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Templates:
     events: Mapping[str, Mapping[str, Any]]
@@ -140,6 +157,7 @@ class Templates:
         recording_started = rec("inbound_audio_check_ulaw").first_event("RecordingStarted").data
         for kind in ("PlaybackStarted", "PlaybackFinished"):
             events[kind] = _playback_event(recording_started, kind)
+        events.update(broadcast_events(fixtures_dir))
 
         def body(recording: Recording, method: str, path: str) -> Any:
             for ex in recording.rest:
