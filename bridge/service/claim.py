@@ -65,7 +65,8 @@ class ClaimPolicy:
     ) -> float | None:
         """When to claim a call broadcast at `now` (the same clock), or None: do not claim.
         `refused`: why admission would turn a new call away ("" if it would take it);
-        `healthy`: the events socket is up (the StasisStart of a won claim can arrive)."""
+        `healthy`: the events socket is up (the StasisStart of a won claim can arrive);
+        `active`: calls in progress plus claims won whose StasisStart has not come yet."""
         if refused or not healthy:
             return None
         return now + self.delay(load_of(active, max_calls), broadcast_timeout(app_data))

@@ -42,6 +42,9 @@ from bridge.service.registry import CallRegistry, admission
 
 log = get_logger("bridge")
 
+# How long a won claim holds a call slot while its StasisStart is on the way.
+CLAIM_HOLD = 5.0
+
 
 class Controller:
     def __init__(self, settings: Settings, rest: AriRestClient | None = None) -> None:
@@ -93,6 +96,9 @@ class Controller:
         self.claim_policy = ClaimPolicy(settings.claim_max_delay_ms / 1000)
         self._claims: dict[str, asyncio.Task[None]] = {}
         self.claims_won = 0
+        # Claims in flight or won whose StasisStart has not come yet: they count towards
+        # --max-calls, or a process one call short of full could win two offers at once.
+        self._claimed: set[str] = set()
         self.claims_lost = 0  # 409 (another process was first) or 404 (too late)
         self.listening = asyncio.Event()  # the media listeners are bound (run() started)
         self.http_api = HttpApi(self)  # --http-listen, from run(); keeps ended calls' views
@@ -242,6 +248,7 @@ class Controller:
         elif channel.is_media_channel:
             log.warning("foreign_media_channel", channel_id=channel.id, name=channel.name)
         elif channel.id not in self.registry.by_channel:
+            self._claimed.discard(channel.id)  # a won claim becomes this call
             self.factory.ari_call(channel, event.args)
 
     # ---- broadcast calls -------------------------------------------------------------------
@@ -269,11 +276,14 @@ class Controller:
         """When to claim `channel` (loop time), or None: this process cannot take it now."""
         args = broadcast_args(channel.app_data)
         transport = option_from_args(args, "transport") or self.settings.transport
+        active = len(self.registry.active) + len(self._claimed - {channel.id})
+        max_calls = self.settings.max_calls
+        full = "max calls reached (with claims won)" if max_calls and active >= max_calls else ""
         return self.claim_policy.claim_at(
             now,
-            refused=self._admission(transport),
+            refused=self._admission(transport) or full,
             healthy=self.events.connected.is_set(),
-            active=len(self.registry.active),
+            active=active,
             max_calls=self.settings.max_calls,
             app_data=channel.app_data,
         )
@@ -282,17 +292,26 @@ class Controller:
         loop = asyncio.get_running_loop()
         if at > loop.time():
             await asyncio.sleep(at - loop.time())
-            if self._claim_time(channel, loop.time()) is None:
-                return  # full or draining meanwhile: leave it to another process
+        # Checked again right before claiming, with no await in between: full or draining
+        # meanwhile, or another offer of the same moment took the last slot.
+        if self._claim_time(channel, loop.time()) is None:
+            log.debug("broadcast_declined", channel_id=channel.id, why="full by now")
+            return
+        self._claimed.add(channel.id)
         try:
             won = await self.rest.claim(channel.id, self.settings.app)
         except BridgeError as exc:
+            self._claimed.discard(channel.id)
             log.info("claim_failed", channel_id=channel.id, error=str(exc))
             return
         if won:
             self.claims_won += 1
             log.debug("claim_won", channel_id=channel.id)
+            # Its StasisStart follows at once; if it never does (the caller hung up), the
+            # slot is free again after a while.
+            loop.call_later(CLAIM_HOLD, self._claimed.discard, channel.id)
         else:
+            self._claimed.discard(channel.id)
             self.claims_lost += 1
 
     async def _on_events_connected(self) -> None:

@@ -159,6 +159,29 @@ async def test_a_draining_or_full_bridge_claims_nothing() -> None:
         assert_nothing_left(controller, sim)
 
 
+async def test_one_call_short_of_full_wins_only_one_of_two_offers_at_once() -> None:
+    async with (
+        run_echo_bot() as bot,
+        SimulatedAsterisk(seed=9) as sim,
+        controllers(sim, bot, "pipecat", max_calls=1) as (controller,),
+    ):
+        first, second = await asyncio.gather(
+            sim.place_broadcast_call(hangup_after=1.0, timeout_ms=300),
+            sim.place_broadcast_call(hangup_after=1.0, timeout_ms=300),
+        )
+        await asyncio.wait_for(first.done.wait(), 5)
+        await asyncio.wait_for(second.done.wait(), 5)
+        statuses = sorted((first.stasis_status, second.stasis_status))
+        # The second offer is left to another process (TIMEOUT here), never won and rejected.
+        assert statuses == ["SUCCESS", "TIMEOUT"]
+        winner = first if first.stasis_status == "SUCCESS" else second
+        await asyncio.wait_for(winner.call.ended, 10)
+        await asyncio.wait_for(controller.all_idle.wait(), 10)
+        assert controller.claims_won == 1
+        assert controller.calls_rejected == 0
+        assert_nothing_left(controller, sim)
+
+
 async def test_claim_latency_broadcast_to_stasis_start() -> None:
     """50 broadcast calls one after the other to an idle bridge: CallBroadcast out to the
     winner's StasisStart out, as the simulator timed them (printed for the README)."""
