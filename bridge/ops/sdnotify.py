@@ -11,6 +11,7 @@ our pid. What this service sends:
     WATCHDOG=1   every WATCHDOG_USEC / 2, from a timer on the event loop itself: a loop stuck
                  in a callback stops the pings, and systemd kills and restarts the service
     STOPPING=1   the drain has begun
+    RELOADING=1  (the `--workers` supervisor) a rolling replace has begun; READY=1 ends it
 
 Hand-written because it is a few lines and the libraries are not worth a dependency: the
 `sdnotify` package on PyPI has had no release since 2017, and systemd-python (`systemd.daemon`)
@@ -146,6 +147,11 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> None:
         self._send_with_status("STOPPING=1", status)
+
+    def reloading(self, status: str | None = None) -> None:
+        """RELOADING=1 (with the MONOTONIC_USEC systemd >= 253 asks for); READY=1 ends it."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send_with_status(f"RELOADING=1\nMONOTONIC_USEC={usec}", status)
 
     def status(self, text: str) -> None:
         """STATUS=text, at most one a second; from a coroutine or callback on the loop, a text

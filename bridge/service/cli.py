@@ -1,5 +1,6 @@
 """`pipecat-bridge run ...`: the systemd entry point; `pipecat-bridge check ...`: the same
-settings checked against Asterisk, the bot and this machine (`bridge.service.check`)."""
+settings checked against Asterisk, the bot and this machine (`bridge.service.check`).
+`run --workers N` (N > 1) supervises N such processes (`bridge.service.supervisor`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import faulthandler
 import gc
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -19,6 +21,8 @@ from bridge.ops.sdnotify import Notifier
 from bridge.service.check import run_check
 from bridge.service.config import Settings, build_parser, settings_from
 from bridge.service.controller import Controller
+from bridge.service.supervisor import Supervisor, check_plans
+from bridge.service.workers import default_instance_id
 
 log = get_logger("bridge.service.cli")
 
@@ -43,11 +47,14 @@ async def serve(settings: Settings) -> None:
     stopper = _Stopper(controller, task, settings.drain_timeout, notifier)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopper.on_signal, sig)
+    # `systemctl reload` (ExecReload= sends SIGHUP) replaces workers only with --workers > 1;
+    # here it must not end the process, which is SIGHUP's default.
+    loop.add_signal_handler(signal.SIGHUP, _reload_ignored)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         stopper.cancel()
         ready.cancel()
@@ -56,12 +63,18 @@ async def serve(settings: Settings) -> None:
 
 async def _announce_ready(controller: Controller, notifier: Notifier) -> None:
     """READY=1 once calls can be taken: the listeners are bound and, with ARI, the events
-    socket is connected (which registers the Stasis app)."""
+    socket is connected (which registers the Stasis app) and the start-up sweep is done (a
+    caller arriving during it could be taken for one gone; a --workers reload waits for it)."""
     await controller.listening.wait()
     if controller.settings.ari_enabled:
         await controller.events.connected.wait()
+        await controller.resynced.wait()
     notifier.ready(_status(controller))
     log.info("service_ready", systemd=notifier.enabled)
+
+
+def _reload_ignored() -> None:
+    log.info("reload_ignored", reason="one process: a rolling replace needs --workers > 1")
 
 
 def _status(controller: Controller) -> str:
@@ -104,7 +117,8 @@ class _Stopper:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    namespace = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    namespace = build_parser().parse_args(argv)
     try:
         settings = settings_from(namespace, os.environ)
     except ConfigError as exc:
@@ -114,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         etc = namespace.asterisk_etc or os.environ.get("BRIDGE_ASTERISK_ETC", "")
         return asyncio.run(run_check(settings, etc))
     configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        return _supervise(settings, argv)
     # A watchdog kill is SIGABRT: with this the journal shows where the loop was stuck.
     faulthandler.enable()
     # Everything imported so far lives as long as the process: keep it out of the cyclic
@@ -122,6 +138,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     _run(serve(settings))
+    return 0
+
+
+def _supervise(settings: Settings, argv: Sequence[str]) -> int:
+    """--workers N > 1: this process runs N workers (bridge.service.supervisor)."""
+    instance = settings.instance_id or default_instance_id(socket.gethostname())
+    try:
+        check_plans(settings, instance)
+    except ConfigError as exc:
+        print(f"pipecat-bridge: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(Supervisor(settings, argv, instance, Notifier.from_env()).run())
     return 0
 
 

@@ -94,6 +94,14 @@ class Settings:
     webhook_urls: tuple[str, ...] = ()
     webhook_secret_file: str = ""
     webhook_spool: str = ""
+    # --workers N (bridge.service.supervisor): N > 1 makes this process a supervisor of N
+    # worker processes named after --instance-id ("": from the host name).
+    workers: int = 1
+    instance_id: str = ""
+    # Callers a dead run left waiting in the app go here once (e.g. the broadcast extension),
+    # so a live worker takes them; "" context: the fallback, as before.
+    orphan_context: str = ""
+    orphan_extension: str = "s"
 
     @property
     def ari_enabled(self) -> bool:
@@ -201,6 +209,18 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--webhook-url", "webhook_urls", "lifecycle webhook receivers: URL[,URL...]"),
     ("--webhook-secret-file", "webhook_secret_file", "file holding the whsec_ signing secret"),
     ("--webhook-spool", "webhook_spool", "SQLite file of undelivered webhooks"),
+    ("--workers", "workers", "worker processes: N or auto (one per usable CPU); 1: no supervisor"),
+    (
+        "--instance-id",
+        "instance_id",
+        "this host's name in app names and ids, [a-z0-9-] (default: from the host name)",
+    ),
+    (
+        "--orphan-context",
+        "orphan_context",
+        "dialplan context for callers a dead run left waiting (once per call; '' = fallback)",
+    ),
+    ("--orphan-extension", "orphan_extension", "dialplan extension for --orphan-context"),
 )
 
 
@@ -388,6 +408,10 @@ def _parse_bot_map(text: str) -> tuple[tuple[str, str], ...]:
 
 def _validate(raw: dict[str, str]) -> Settings:
     kwargs: dict[str, object] = dict(raw)
+    if "workers" in raw:
+        kwargs["workers"] = parse_workers(raw["workers"])
+    if raw.get("instance_id") and not _INSTANCE_ID.fullmatch(raw["instance_id"]):
+        raise ConfigError("--instance-id must be 1-16 of a-z, 0-9 and '-'")
     try:
         for name in _INTS:
             if name in raw:
@@ -451,6 +475,22 @@ def _validate(raw: dict[str, str]) -> Settings:
             "$BRIDGE_ARI_PASSWORD, or --audiosocket-listen / --websocket-listen"
         )
     return settings
+
+
+_INSTANCE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
+
+
+def parse_workers(text: str) -> int:
+    """--workers: a positive number, or `auto` = the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        workers = int(text)
+    except ValueError:
+        raise ConfigError(f"--workers must be a number or auto, got {text!r}") from None
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    return workers
 
 
 def _reconnect_settings(raw: dict[str, str]) -> dict[str, object]:

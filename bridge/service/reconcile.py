@@ -10,9 +10,10 @@ stream rather than in front of it:
    this service's — our id prefix, and our app (in the bridge's name; the channel in our
    app) — so a second process never sweeps the first's: bridges, ExternalMedia channels
    (`<prefix>em-`) and answered outbound channels (`<prefix>out-`).
-3. Callers waiting in the app that nobody serves (an earlier run took them and died) get the
-   fallback, after a grace and a second look, so a StasisStart still in flight on the events
-   socket is not mistaken for an orphan.
+3. Callers waiting in the app that nobody serves (an earlier run took them and died) go once
+   to --orphan-context (`bridge.service.orphans`), else get the fallback, after a grace and a
+   second look, so a StasisStart still in flight on the events socket is not mistaken for an
+   orphan.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bridge.call.machine import CallState
 from bridge.errors import BridgeError
 from bridge.logs import get_logger
 from bridge.service.config import Settings
+from bridge.service.orphans import rehome
 from bridge.service.registry import CallRegistry
 
 # The calls a resync looks after (as before the states were compared as enums; a call in
@@ -129,7 +131,15 @@ class Reconciler:
         for channel in channels:
             if channel.id in in_app and channel.id in orphans and self.is_orphan(channel):
                 log.warning("orphan_caller", channel_id=channel.id)
-                self._on_orphan(channel)
+                await self._orphaned(channel)
+
+    async def _orphaned(self, channel: Channel) -> None:
+        try:
+            if await rehome(self._rest, self._settings, channel):
+                return
+        except BridgeError as exc:
+            log.warning("orphan_rehome_failed", channel_id=channel.id, error=str(exc))
+        self._on_orphan(channel)
 
     async def _listing(self) -> tuple[set[str], list[Channel], list[Bridge]]:
         app = await self._rest.application(self._settings.app)

@@ -169,6 +169,7 @@ class SimulatedAsterisk(AsteriskOriginate):
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/continue", self._continue),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/play", self._play_media),
                 ("GET", r"/ari/channels/(?P<cid>[^/]+)/variable", self._get_variable),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/variable", self._set_variable),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/moh", self._start_moh),
                 ("DELETE", r"/ari/channels/(?P<cid>[^/]+)/moh", self._stop_moh),
                 ("GET", r"/ari/bridges", self._list_bridges),

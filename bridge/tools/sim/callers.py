@@ -45,8 +45,10 @@ class AsteriskCallers(AsteriskResources):
         hangup_after: float | None = None,
         echo: bool | None = None,
         audio_format: str = "ulaw",
+        app: str | None = None,
     ) -> SimCall:
-        """A call from the dialplan into Stasis: its StasisStart goes out now.
+        """A call from the dialplan into Stasis (of `app`, default the simulator's): its
+        StasisStart goes out now.
 
         `audio` replaces the recorded caller audio: µ-law, or 16 kHz big-endian signed linear
         with `audio_format="slin16"` (see `build_timeline`).
@@ -54,11 +56,12 @@ class AsteriskCallers(AsteriskResources):
         Raises StasisAppNotActive when no events socket is connected for the app: the real
         `Stasis()` fails at once and no event is ever sent for that call (facts §16).
         """
-        if not self.app_active:
-            raise StasisAppNotActive(f"Stasis app '{self.app}' not active")
+        if not self.app_connected(app or self.app):
+            raise StasisAppNotActive(f"Stasis app '{app or self.app}' not active")
         call, caller = self._new_caller(scenario, args, caller_number, caller_name, exten,
                                         audio, audio_start, hangup_after, echo,
                                         audio_format)  # fmt: skip
+        self._enter_app(caller, app)
         self._emit("StasisStart", caller, args=call.args)
         return call
 
@@ -74,17 +77,30 @@ class AsteriskCallers(AsteriskResources):
         audio_start: float | None = None,
         hangup_after: float | None = None,
         echo: bool | None = None,
+        app: str | None = None,
     ) -> SimCall:
-        """A caller that entered the app before this bridge process connected.
+        """A caller that entered the app (`app`, default the simulator's) before this bridge
+        process connected.
 
         It is in Stasis (GET /channels, /applications/{app} `channel_ids`) but its
         StasisStart went to a previous app connection, or to nobody: no event now, none
         later. It waits in silence until the app answers, bridges, continues or hangs it up.
         """
-        call, _ = self._new_caller(scenario, args, caller_number, caller_name, exten,
-                                   audio, audio_start, hangup_after, echo)  # fmt: skip
-        self._app_registered = True  # the app it entered was registered then
+        call, caller = self._new_caller(scenario, args, caller_number, caller_name, exten,
+                                        audio, audio_start, hangup_after, echo)  # fmt: skip
+        self._enter_app(caller, app)
+        if app and app != self.app:
+            self._other_apps.add(app)  # the app it entered was registered then
+        else:
+            self._app_registered = True
         return call
+
+    def _enter_app(self, caller: SimChannel, app: str | None) -> None:
+        """The caller is in Stasis of `app` rather than of the simulator's own."""
+        if app and app != self.app:
+            caller.app = app
+            _stasis, sep, args = caller.dialplan[4].partition(",")
+            caller.dialplan = (*caller.dialplan[:4], app + sep + args)
 
     def _new_caller(
         self,

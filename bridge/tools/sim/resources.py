@@ -185,6 +185,19 @@ class AsteriskResources(ExternalTransports):
         # Newest first, as the recorded GET /channels listed them (ws_reconnect).
         return Reply(200, [self._snapshot(ch) for ch in reversed(self.channels.values())])
 
+    async def _set_variable(self, q: dict[str, str], cid: str) -> Reply:
+        """POST /channels/{id}/variable (channels.json, 23.4.1): 400 without `variable`, 404
+        for no such channel, 409 for one not in Stasis; else 204 and a ChannelVarset."""
+        name = q.get("variable")
+        if not name:
+            return error_reply(400, "Variable name is required")
+        ch = self._control(cid)
+        if isinstance(ch, Reply):
+            return ch
+        ch.variables[name] = q.get("value", "")
+        self._emit("ChannelVarset", ch, variable=name, value=ch.variables[name])
+        return Reply(204)
+
     async def _get_variable(self, q: dict[str, str], cid: str) -> Reply:
         name = q.get("variable")
         if not name:
