@@ -140,7 +140,7 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
         "websocket_control",
         "chan_websocket control messages in ARI calls: plain or json (Asterisk >= 23.2)",
     ),
-    ("--bot-map", "bot_map", "bots by name for v(bot=NAME): NAME=URL[,NAME=URL...]"),
+    ("--bot-map", "bot_map", "bots by name, for v(bot=NAME) and bot=NAME args: NAME=URL[,...]"),
     ("--dialect", "dialect", f"bot WebSocket dialect: {', '.join(DIALECTS)}"),
     ("--max-queue-ms", "max_queue_ms", "most bot audio queued per call, in ms"),
     ("--playout-reserve-ms", "playout_reserve_ms", "bot audio held before a talkspurt starts"),

@@ -32,9 +32,9 @@ from bridge.service.config import Settings
 from bridge.service.orphans import rehome
 from bridge.service.registry import CallRegistry
 
-# The calls a resync looks after (as before the states were compared as enums; a call in
-# BOT_AWAY is not among them).
-WATCHED = (CallState.SETUP, CallState.UP, CallState.DRAINING)
+# The calls a resync looks after: every one not ending already (a call whose bot is away
+# still holds a caller, a bridge and a media channel).
+WATCHED = (CallState.SETUP, CallState.UP, CallState.BOT_AWAY, CallState.DRAINING)
 
 log = get_logger("bridge")
 
