@@ -71,13 +71,14 @@ from bridge.call.machine import (
     StateChanged,
 )
 from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects
+from bridge.call.redial import BotRedial
 from bridge.call.resources import Life, ResourceKind, Resources
 from bridge.errors import CallStateError
 
 K = ResourceKind
 
 
-class DialplanCallMachine(Outbox):
+class DialplanCallMachine(Outbox, BotRedial):
     # Read by the runner and the controller like CallMachine's.
     bridge_unsure = False
 
@@ -211,20 +212,6 @@ class DialplanCallMachine(Outbox):
                 by=EndedBy.BOT,
             )
         self._maybe_finish()
-
-    def _dial_bot(self, connect: ConnectBot) -> None:
-        self.res.creating(K.BOT, CloseBot(send_stop=True), cancels=True)
-        self._emit(connect)
-
-    def _redial_or_give_up(self, now: float) -> None:
-        r = self.reconnects
-        if r.deadline is not None and now >= r.deadline:
-            self._end(f"bot did not come back within {r.policy.window:g} s (it closed with "
-                      f"code {r.drop_code})", fallback=True, by=EndedBy.BOT)  # fmt: skip
-        elif (r.next_dial_at is not None and now >= r.next_dial_at
-              and self.res.life(K.BOT) is Life.GONE):  # fmt: skip
-            budget = r.dial_started(now)
-            self._dial_bot(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
 
     def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
         if self.state in (CallState.ENDING, CallState.ENDED):

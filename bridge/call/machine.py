@@ -93,6 +93,7 @@ from bridge.call.commands import (
     StopHold,
 )
 from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects, is_redeploy
+from bridge.call.redial import BotRedial
 from bridge.call.resources import Life, ResourceKind, Resources
 from bridge.errors import CallStateError
 
@@ -221,7 +222,7 @@ K = ResourceKind
 ChannelLeaving = ChannelHangupRequest | StasisEnd | ChannelDestroyed
 
 
-class CallMachine(Outbox):
+class CallMachine(Outbox, BotRedial):
     def __init__(
         self,
         ids: CallIds,
@@ -488,10 +489,6 @@ class CallMachine(Outbox):
         self._emit(CreateBridge(self.ids.bridge_id, name))
         self._dial_bot(ConnectBot(self.bot_url))
 
-    def _dial_bot(self, connect: ConnectBot) -> None:
-        self.res.creating(K.BOT, CloseBot(send_stop=True), cancels=True)
-        self._emit(connect)
-
     def _maybe_bridge(self) -> None:
         media = self.res[K.MEDIA_CHANNEL]
         if (
@@ -560,16 +557,6 @@ class CallMachine(Outbox):
             self.res.creating(K.HOLD, StopHold(self.ids.caller_id))
             self._emit(StartHold(self.ids.caller_id))
         self._redial_or_give_up(self._now)
-
-    def _redial_or_give_up(self, now: float) -> None:
-        r = self.reconnects
-        if r.deadline is not None and now >= r.deadline:
-            self._end(f"bot did not come back within {r.policy.window:g} s (it closed with "
-                      f"code {r.drop_code})", fallback=True, by=EndedBy.BOT)  # fmt: skip
-        elif (r.next_dial_at is not None and now >= r.next_dial_at
-              and self.res.life(K.BOT) is Life.GONE):  # fmt: skip
-            budget = r.dial_started(now)
-            self._dial_bot(ConnectBot(self.bot_url, resume=r.resumes + 1, budget=budget))
 
     def _resumed(self) -> None:
         self.reconnects.resumed(self._now)
