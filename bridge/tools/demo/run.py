@@ -203,7 +203,9 @@ def _echo_delay(media: Media) -> tuple[float, float] | None:
             if decoded is None:
                 continue
             samples = decoded[0].astype(np.float64)[:: max(decoded[1] // rate, 1)]
-            at = int((t - t_ref) * rate)
+            # On the 20 ms grid both sides are paced on: a frame's arrival time carries the
+            # loop's scheduling jitter (a few ms under load), which would smear the peak.
+            at = round((t - t_ref) / 0.020) * (rate // 50)
             signal[at : at + len(samples)] = samples[: len(signal) - at]
         streams.append(signal)
     said, heard = streams
