@@ -68,7 +68,7 @@ async def test_a_redeployed_bot_gets_the_call_back(settings: dict[str, object]) 
         call = await rig.sim.place_call("basic_ulaw", hangup_after=4.0)
         await asyncio.wait_for(call.bridged, 5)
         session = await asyncio.wait_for(first.stats.next_call(), 5)
-        await asyncio.sleep(0.5)  # half a second of echo: a call in full flow
+        await asyncio.wait_for(session.wait_audio(25), 5)  # 0.5 s of echo: a call in full flow
         bridge_call = only_call_view(rig)
         stopped_at = loop.time()
         # A redeploy: the server shuts down (its sessions get 1012) and comes back.
@@ -144,8 +144,9 @@ async def test_hold_audio_while_the_bot_is_away(hold: str) -> None:
     async def script(ws: ServerConnection, bot: ScriptedBot) -> None:
         await wait_start(bot, ws)
         if next(sessions) == 1:
-            await asyncio.sleep(0.3)
-            await ws.close(1011, "crash")  # the first session crashes...
+            for _ in range(15):  # 0.3 s of the call's media reaches it...
+                await asyncio.wait_for(ws.recv(), 5)
+            await ws.close(1011, "crash")  # ...then the first session crashes...
             return
         await ws.wait_closed()  # ...the resumed one stays
 

@@ -86,6 +86,13 @@ class EchoCallStats:
     dtmf_digits: list[str] = field(default_factory=list)  # as Pipecat saw them: 0-9 * #
     ended_by: str = ""  # "caller" (the peer closed) or "bot" (hangup_after)
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    audio_arrived: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def wait_audio(self, frames: int) -> None:
+        """Until the bot has received `frames` audio messages: a call in full flow."""
+        while self.audio_frames < frames:
+            self.audio_arrived.clear()
+            await self.audio_arrived.wait()
 
 
 class EchoBotStats:
@@ -120,6 +127,7 @@ class EchoProcessor(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame):
             self._call.audio_frames += 1
             self._call.audio_bytes += len(frame.audio) // 2
+            self._call.audio_arrived.set()
             echo = OutputAudioRawFrame(
                 audio=frame.audio, sample_rate=frame.sample_rate, num_channels=frame.num_channels
             )
