@@ -100,6 +100,25 @@ class Dial:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingEvent:
+    """A live recording's RecordingStarted, RecordingFinished or RecordingFailed (the type
+    is `kind`): `target_uri` is "bridge:<id>" or "channel:<id>" (a snoop), `cause` says why
+    a recording failed, `duration` is whole seconds (recorded: bridge_record_mixed)."""
+
+    kind: str
+    name: str
+    target_uri: str
+    state: str
+    cause: str = ""
+    duration: int | None = None
+
+    @property
+    def target(self) -> tuple[str, str]:
+        kind, _, ident = self.target_uri.partition(":")
+        return kind, ident
+
+
+@dataclass(frozen=True, slots=True)
 class CallBroadcast:
     """StasisBroadcast() offers `channel` to this app (every connected app matching the filter
     gets one): claim it with POST /events/claim, the first claim wins. `caller` is the
@@ -138,6 +157,7 @@ AriEvent = (
     | BridgeDestroyed
     | PlaybackFinished
     | Dial
+    | RecordingEvent
     | CallBroadcast
     | CallClaimed
     | UnknownEvent
@@ -209,6 +229,24 @@ def _dial(d: Mapping[str, Any]) -> Dial:
     )
 
 
+def _recording(d: Mapping[str, Any]) -> RecordingEvent:
+    rec = d.get("recording")
+    if not isinstance(rec, dict):
+        raise AriEventError(f"{d.get('type')} has no recording object")
+    name, target = rec.get("name"), rec.get("target_uri")
+    if not (isinstance(name, str) and name and isinstance(target, str)):
+        raise AriEventError(f"{d.get('type')} recording lacks name or target_uri")
+    state, cause, duration = rec.get("state"), rec.get("cause"), rec.get("duration")
+    return RecordingEvent(
+        kind=str(d.get("type")),
+        name=name,
+        target_uri=target,
+        state=state if isinstance(state, str) else "",
+        cause=cause if isinstance(cause, str) else "",
+        duration=duration if isinstance(duration, int) and not isinstance(duration, bool) else None,
+    )
+
+
 def _broadcast(d: Mapping[str, Any]) -> CallBroadcast:
     channel = parse_channel(d.get("channel"))
     return CallBroadcast(channel, _str(d, "caller"), _str(d, "called"), _str(d, "application"))
@@ -234,6 +272,9 @@ _PARSERS: dict[str, Any] = {
     "BridgeDestroyed": lambda d: BridgeDestroyed(parse_bridge(d.get("bridge"))),
     "PlaybackFinished": _playback_finished,
     "Dial": _dial,
+    "RecordingStarted": _recording,
+    "RecordingFinished": _recording,
+    "RecordingFailed": _recording,
     "CallBroadcast": _broadcast,
     "CallClaimed": _claimed,
 }

@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from tenacity import (
@@ -124,9 +125,7 @@ class AriRestClient:
         assert self._session is not None
         url = f"{self.root}/ari{path}"
         try:
-            async with self._session.request(
-                method, url, params=params, json=json_body
-            ) as resp:
+            async with self._session.request(method, url, params=params, json=json_body) as resp:
                 body = await resp.text()
                 status = resp.status
                 reason = resp.reason or ""
@@ -147,8 +146,64 @@ class AriRestClient:
     async def answer(self, channel_id: str) -> None:
         await self.request("POST", f"/channels/{channel_id}/answer", idempotent=True)
 
-    async def hangup(self, channel_id: str) -> None:
-        await self.request("DELETE", f"/channels/{channel_id}", idempotent=True)
+    async def hangup(self, channel_id: str, reason: str = "") -> None:
+        """DELETE the channel; `reason` is ARI's hang-up reason (busy, congestion, ...) or a
+        Q.850 code in digits: the far end sees that cause (recorded: hangup_reason; the
+        app's own events say cause 32 whatever it is)."""
+        params = None
+        if reason:
+            params = {"reason_code": reason} if reason.isdigit() else {"reason": reason}
+        await self.request("DELETE", f"/channels/{channel_id}", params, idempotent=True)
+
+    async def send_dtmf(
+        self, channel_id: str, digits: str, *, duration_ms: int = 150, between_ms: int = 200
+    ) -> None:
+        """Play `digits` to the channel's far end (out of band where the channel can): 204
+        at once, the digits follow; no event reports them (recorded: dtmf_to_caller). Not
+        idempotent: a resend would dial them twice."""
+        params = {"dtmf": digits, "duration": str(duration_ms), "between": str(between_ms)}
+        await self.request("POST", f"/channels/{channel_id}/dtmf", params)
+
+    async def snoop(
+        self, channel_id: str, *, snoop_id: str, spy: str, app: str, app_args: str
+    ) -> Channel:
+        """A snoop channel on `channel_id` (spy in: what comes from it, out: what goes to
+        it) entering `app`; it can be recorded only once its StasisStart is in (409 before:
+        recorded snoop_record)."""
+        body = await self.request(
+            "POST", f"/channels/{channel_id}/snoop",
+            {"spy": spy, "app": app, "appArgs": app_args, "snoopId": snoop_id},
+        )  # fmt: skip
+        return _parse(parse_channel, body, "POST", f"/channels/{channel_id}/snoop")
+
+    async def record(self, target: str, target_id: str, name: str, fmt: str = "wav") -> None:
+        """Start recording a bridge or a channel (`target` "bridges" | "channels") into
+        Asterisk's recording directory as `name` (may hold a folder, never ".."): 201
+        queued, then RecordingStarted. An existing name is refused (409) rather than
+        overwritten: a recording is never lost to a name clash."""
+        await self.request(
+            "POST", f"/{target}/{target_id}/record",
+            {"name": name, "format": fmt, "ifExists": "fail", "beep": "false",
+             "terminateOn": "none", "maxDurationSeconds": "0", "maxSilenceSeconds": "0"},
+        )  # fmt: skip
+
+    async def stop_recording(self, name: str) -> None:
+        """Stop and finalise a live recording (204, RecordingFinished at once)."""
+        await self.request("POST", f"/recordings/live/{quote(name, safe='')}/stop",
+                           idempotent=True)  # fmt: skip
+
+    async def play_bridge(self, bridge_id: str, media: str, playback_id: str) -> None:
+        """Play `media` (e.g. tone:ring, looping until stopped) into a bridge."""
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/play", {"media": media, "playbackId": playback_id}
+        )
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self.request("DELETE", f"/playbacks/{playback_id}", idempotent=True)
+
+    async def bridge_moh(self, bridge_id: str, *, on: bool) -> None:
+        await self.request("POST" if on else "DELETE", f"/bridges/{bridge_id}/moh",
+                           idempotent=True)  # fmt: skip
 
     async def create_bridge(self, bridge_id: str, name: str, kind: str = "mixing") -> Bridge:
         body = await self.request(
@@ -207,6 +262,7 @@ class AriRestClient:
         caller_id: str = "",
         ring_timeout: int = 30,
         variables: Mapping[str, str] | None = None,
+        originator: str = "",
     ) -> Channel:
         """POST /channels into `app` with a pre-assigned `channel_id`: 200 at once with the
         channel Down; it rings, and enters the app (StasisStart) only when answered. A busy
@@ -217,6 +273,10 @@ class AriRestClient:
                   "channelId": channel_id, "timeout": str(ring_timeout)}  # fmt: skip
         if caller_id:
             params["callerId"] = caller_id
+        if originator:
+            # The channel it is made for: Asterisk takes the originator's formats (no
+            # transcoding once they are bridged) and its linkedid (one call in the CDRs).
+            params["originator"] = originator
         json_body = {"variables": dict(variables)} if variables else None
         body = await self.request("POST", "/channels", params, json_body=json_body)
         return _parse(parse_channel, body, "POST", "/channels")

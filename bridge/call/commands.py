@@ -8,6 +8,7 @@ different times never get confused.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ari.models import Channel
@@ -100,6 +101,78 @@ class CloseBot:
 @dataclass(frozen=True, slots=True, eq=False)
 class HangupChannel:
     channel_id: str
+    reason: str = ""  # ARI's hang-up reason or a Q.850 code: what the far end is told
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OriginateTarget:
+    """Dial a transfer target into the app under a pre-assigned id: 200 at once, its
+    StasisStart only on answer; ringing, busy and no answer come as events (Dial,
+    ChannelDestroyed)."""
+
+    channel_id: str
+    endpoint: str
+    caller_id: str
+    timeout: int
+    originator: str  # the caller: the target gets its formats and linkedid
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class NotifyBot:
+    """Send the bot a control reply (bridge.bot.control.reply), if it is connected."""
+
+    message: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SendDtmfToCaller:
+    """Play digits to the caller's far end through ARI (the bot's `dtmf` message)."""
+
+    channel_id: str
+    digits: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StartRecording:
+    """Record a bridge (`target` "bridges": both sides mixed) or a snoop channel
+    ("channels": one direction) as `name` in Asterisk's recording directory."""
+
+    target: str
+    target_id: str
+    name: str
+    fmt: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StopRecording:
+    name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CreateSnoop:
+    """A snoop on the caller's channel entering the app: `spy` "in" hears the caller,
+    "out" what the caller hears."""
+
+    snoop_id: str
+    channel_id: str
+    spy: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StartRingback:
+    """What a caller waiting for a transfer target hears: `mode` "ring" (a ring tone played
+    into the bridge as `playback_id`) or "moh" (the bridge's music on hold)."""
+
+    bridge_id: str
+    mode: str
+    playback_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StopRingback:
+    bridge_id: str
+    mode: str
+    playback_id: str
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -157,6 +230,14 @@ Command = (
     | DrainPlayout
     | CloseBot
     | HangupChannel
+    | OriginateTarget
+    | NotifyBot
+    | SendDtmfToCaller
+    | StartRecording
+    | StopRecording
+    | CreateSnoop
+    | StartRingback
+    | StopRingback
     | DeleteBridge
     | CloseMedia
     | PlaySound
@@ -226,6 +307,15 @@ class HangupRequested:
     # Play out what the bot queued first, then hang up (as when the bot closes normally):
     # a bot's REST hang-up never clips its goodbye.
     drain: bool = False
+    cause: str = ""  # the hang-up cause the caller's far end is told (HangupChannel.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelVanished:
+    """A resync found one of the call's own channels (a transfer target, a snoop) gone
+    while the events socket was down: its end events were lost."""
+
+    channel_id: str
 
 
 class EndedBy(enum.StrEnum):
@@ -236,6 +326,7 @@ class EndedBy(enum.StrEnum):
     API = "api"
     BRIDGE = "bridge"  # a set-up step failed, the media failed, shutdown, full, draining
     ASTERISK = "asterisk"  # the bridge or media channel went away under us
+    TARGET = "target"  # a transfer's target: it hung up, or could not be reached (blind)
 
 
 class Outbox:

@@ -43,6 +43,7 @@ code); every move goes through `_goto`, which checks it against TRANSITIONS.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,16 +55,28 @@ from ari.events import (
     ChannelDestroyed,
     ChannelDtmfReceived,
     ChannelHangupRequest,
+    Dial,
     PlaybackFinished,
+    RecordingEvent,
     StasisEnd,
     StasisStart,
 )
 from ari.models import Channel
+from bridge.bot.control import (
+    BotRequest,
+    DtmfOut,
+    HangupWithCause,
+    RecordControl,
+    RecordMode,
+    TransferMode,
+    TransferRequest,
+)
 from bridge.call.commands import (
     AddChannels,
     Answer,
     BotClosed,
     BotConnected,
+    ChannelVanished,
     ClearPlayout,
     CloseBot,
     CloseMedia,
@@ -74,6 +87,7 @@ from bridge.call.commands import (
     ContinueInDialplan,
     CreateBridge,
     CreateExternalMedia,
+    CreateSnoop,
     DeleteBridge,
     DrainPlayout,
     EndedBy,
@@ -84,17 +98,25 @@ from bridge.call.commands import (
     MediaEnded,
     MediaFailed,
     OpenMedia,
+    OriginateTarget,
     Outbox,
     PlayoutDrained,
     PlaySound,
     SendDtmf,
+    SendDtmfToCaller,
     StartHold,
     StartMedia,
+    StartRecording,
+    StartRingback,
     StopHold,
+    StopRecording,
+    StopRingback,
 )
 from bridge.call.reconnect import OFF, ReconnectPolicy, Reconnects, is_redeploy
+from bridge.call.recorder import CallRecorder, RecordingResult, RecordPlan
 from bridge.call.redial import BotRedial
 from bridge.call.resources import Life, ResourceKind, Resources
+from bridge.call.transfer import CallTransfer, TransferAttempt, TransferPolicy
 from bridge.errors import CallStateError
 
 # The longest a fallback sound may hold the caller before the fallback goes ahead anyway: a
@@ -111,6 +133,8 @@ class CallState(enum.Enum):
     SETUP = "setup"
     UP = "up"
     BOT_AWAY = "bot_away"  # the bot dropped mid-call: holding the caller, re-dialling
+    TRANSFERRING = "transferring"  # a transfer target is being dialled; the bot stays
+    TRANSFERRED = "transferred"  # the bot side is gone: the caller and the target
     DRAINING = "draining"
     ENDING = "ending"
     ENDED = "ended"
@@ -118,17 +142,32 @@ class CallState(enum.Enum):
 
 TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     CallState.SETUP: frozenset({CallState.UP, CallState.ENDING}),
-    CallState.UP: frozenset({CallState.DRAINING, CallState.BOT_AWAY, CallState.ENDING}),
-    CallState.BOT_AWAY: frozenset({CallState.UP, CallState.ENDING}),
+    CallState.UP: frozenset(
+        {CallState.DRAINING, CallState.BOT_AWAY, CallState.TRANSFERRING, CallState.ENDING}
+    ),
+    CallState.BOT_AWAY: frozenset({CallState.UP, CallState.TRANSFERRING, CallState.ENDING}),
+    CallState.TRANSFERRING: frozenset(
+        {
+            CallState.UP,
+            CallState.BOT_AWAY,
+            CallState.TRANSFERRED,
+            CallState.DRAINING,
+            CallState.ENDING,
+        }
+    ),
+    CallState.TRANSFERRED: frozenset({CallState.ENDING}),
     CallState.DRAINING: frozenset({CallState.ENDING}),
     CallState.ENDING: frozenset({CallState.ENDED}),
     CallState.ENDED: frozenset(),
 }
 
 SETUP, UP, BOT_AWAY = CallState.SETUP, CallState.UP, CallState.BOT_AWAY
+TRANSFERRING, TRANSFERRED = CallState.TRANSFERRING, CallState.TRANSFERRED
 DRAINING, ENDING = CallState.DRAINING, CallState.ENDING
-LIVE = (SETUP, UP, BOT_AWAY, DRAINING)  # not ending yet
+WITH_MEDIA = (SETUP, UP, BOT_AWAY, TRANSFERRING, DRAINING)  # the media leg is the call's
+LIVE = (*WITH_MEDIA, TRANSFERRED)  # not ending yet
 ALIVE = (*LIVE, ENDING)  # not ended
+TALKING = (UP, TRANSFERRING)  # the bot has the caller's ear
 
 Handler = Callable[["CallMachine", Any], None]
 Triggers = dict[tuple[CallState, type], tuple[CallState | None, Handler]]
@@ -142,20 +181,29 @@ def _trigger_table() -> Triggers:
         (ALIVE,               CommandDone,          None,      M._on_done),
         (ALIVE,               CommandFailed,        None,      M._on_failed),
         # the phone side
-        ((SETUP,),            StasisStart,          None,      M._on_stasis_start),
+        (LIVE,                StasisStart,          None,      M._on_stasis_start),
         (LIVE,                ChannelDtmfReceived,  None,      M._on_caller_dtmf),
         (ALIVE,               ChannelHangupRequest, None,      M._on_channel_leaving),
         (ALIVE,               StasisEnd,            None,      M._on_channel_leaving),
         (ALIVE,               ChannelDestroyed,     None,      M._on_channel_leaving),
+        (ALIVE,               ChannelVanished,      None,      M._on_channel_leaving),
         (LIVE,                BridgeDestroyed,      None,      M._on_bridge_destroyed),
-        ((ENDING,),           PlaybackFinished,     None,      M._on_playback_finished),
+        (ALIVE,               PlaybackFinished,     None,      M._on_playback_finished),
+        (ALIVE,               RecordingEvent,       None,      M._on_recording_event),
         # the bot side: SETUP -> UP once bridged; BOT_AWAY -> UP; UP -> DRAINING | BOT_AWAY
-        ((SETUP, BOT_AWAY),   BotConnected,         None,      M._on_bot_connected),
+        ((SETUP, BOT_AWAY, TRANSFERRING), BotConnected, None,  M._on_bot_connected),
         (ALIVE,               BotClosed,            None,      M._on_bot_closed),
         ((DRAINING,),         PlayoutDrained,       ENDING,    M._on_drained),
+        # the bot's control messages (bridge.bot.control), once what it queued has played
+        ((UP, BOT_AWAY),      TransferRequest,      None,      M._on_transfer_request),
+        ((*TALKING, BOT_AWAY, DRAINING), HangupWithCause, None, M._on_hangup_with_cause),
+        (TALKING,             DtmfOut,              None,      M._on_dtmf_out),
+        ((*TALKING, BOT_AWAY, TRANSFERRED), RecordControl, None, M._on_record_control),
+        # a transfer's target (bridge.call.transfer)
+        ((TRANSFERRING, TRANSFERRED), Dial,         None,      M._on_target_dial),
         # the media leg
-        (LIVE,                MediaFailed,          ENDING,    M._on_media_failed),
-        (LIVE,                MediaEnded,           None,      M._on_media_ended),
+        (WITH_MEDIA,          MediaFailed,          ENDING,    M._on_media_failed),
+        (WITH_MEDIA,          MediaEnded,           None,      M._on_media_ended),
         # the service, the API: UP -> DRAINING with drain, else ENDING
         (ALIVE,               HangupRequested,      None,      M._on_hangup_requested),
     ]  # fmt: skip
@@ -198,6 +246,17 @@ class CallIds:
     media_channel_id: str
     # Names the app, so a start-up sweep never takes another bridge process's bridge.
     bridge_name: str = ""
+    # What the call's own further channels are named after (a transfer target, snoops).
+    id_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Noted:
+    """Something the runner logs as one line: `event` with `fields`."""
+
+    event: str
+    fields: Mapping[str, object]
+    warning: bool = False
 
 
 MachineInput = (
@@ -211,18 +270,25 @@ MachineInput = (
     | MediaEnded
     | MediaDtmf
     | HangupRequested
+    | ChannelVanished
+    | BotRequest
 )
 
 # Failures that never end the call: a failed delete is final either way (404: gone already;
 # anything else is logged by the runner and cannot be retried forever), and a hold that fails
 # leaves the caller with silence.
-_NEVER_FATAL = (HangupChannel, DeleteBridge, CloseMedia, CloseBot, StartHold, StopHold)
+# A transfer, a recording, DTMF out or a ring-back that fails is reported (to the bot, in the
+# log) and never ends the call either.
+_NEVER_FATAL = (
+    HangupChannel, DeleteBridge, CloseMedia, CloseBot, StartHold, StopHold, OriginateTarget,
+    SendDtmfToCaller, StartRecording, StopRecording, CreateSnoop, StartRingback, StopRingback,
+)  # fmt: skip
 
 K = ResourceKind
-ChannelLeaving = ChannelHangupRequest | StasisEnd | ChannelDestroyed
+ChannelLeaving = ChannelHangupRequest | StasisEnd | ChannelDestroyed | ChannelVanished
 
 
-class CallMachine(Outbox, BotRedial):
+class CallMachine(Outbox, BotRedial, CallTransfer, CallRecorder):
     def __init__(
         self,
         ids: CallIds,
@@ -235,10 +301,13 @@ class CallMachine(Outbox, BotRedial):
         reject: str = "",
         ring_timeout: float | None = None,
         reconnect: ReconnectPolicy | None = None,
+        transfer: TransferPolicy | None = None,
+        record: RecordPlan | None = None,
     ) -> None:
         """`reject`: do not set the call up at all, hand the caller straight to the
         fallback for this reason (bridge full, draining). `ring_timeout`: an outbound call
-        whose `caller` is still ringing."""
+        whose `caller` is still ringing. `record`: where and how the call may be recorded
+        (its mode none: only when the bot asks); None: never."""
         super().__init__()
         self.ids = ids
         self.caller = caller
@@ -270,6 +339,17 @@ class CallMachine(Outbox, BotRedial):
         self._caller_step: Command | None = None
         self._playback_deadline: float | None = None
         self._media_ended_deadline: float | None = None
+        # Handing the caller over (bridge.call.transfer), recording (bridge.call.recorder).
+        self.transfer_policy = transfer or TransferPolicy()
+        self.transfer: TransferAttempt | None = None
+        self.last_transfer: TransferAttempt | None = None
+        self.transfers = 0
+        self._handoff: ContinueInDialplan | None = None  # an exten@context transfer
+        self._hangup_cause = ""  # what the caller's far end is told when we hang up
+        self.record_plan = record
+        self.recordings: list[RecordingResult] = []
+        self._segments = 0
+        self._snoop_ids: dict[ResourceKind, str] = {}
         if reject:
             self._end(reject, fallback=True, by=EndedBy.BRIDGE)
         elif not self.ringing:
@@ -284,7 +364,8 @@ class CallMachine(Outbox, BotRedial):
     # ---- public API -------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        pending = (self._playback_deadline, self._media_ended_deadline)
+        pending = (self._playback_deadline, self._media_ended_deadline,
+                   self._transfer_deadline())  # fmt: skip
         deadlines = [d for d in pending if d is not None]
         if self.state is CallState.SETUP:
             deadlines.append(self._setup_deadline)
@@ -306,6 +387,8 @@ class CallMachine(Outbox, BotRedial):
             self._end("media stream closed by Asterisk", fallback=True, by=EndedBy.ASTERISK)
         if self.state is CallState.BOT_AWAY:
             self._redial_or_give_up(now)
+        if self.state in (TRANSFERRING, TRANSFERRED):
+            self._transfer_timer(now)
 
     def handle(self, event: MachineInput, now: float) -> None:
         trigger = TRIGGERS.get((self.state, type(event)))
@@ -321,10 +404,15 @@ class CallMachine(Outbox, BotRedial):
     # ---- the phone side -----------------------------------------------------------------
 
     def _on_stasis_start(self, event: StasisStart) -> None:
-        if event.channel.id == self.ids.media_channel_id:
+        channel_id = event.channel.id
+        if channel_id == self.ids.media_channel_id and self.state is CallState.SETUP:
             self.res[K.MEDIA_CHANNEL].in_app = True
             self._maybe_bridge()
-        elif event.channel.id == self.ids.caller_id and self.ringing:
+        elif self.transfer is not None and channel_id == self.transfer.channel_id:
+            self._target_answered(channel_id)
+        elif self._snoop_in_app(channel_id):
+            pass
+        elif channel_id == self.ids.caller_id and self.ringing and self.state is CallState.SETUP:
             # An outbound call's channel answered and entered the app: set up as for a caller.
             self.ringing = False
             self.caller = event.channel
@@ -341,10 +429,23 @@ class CallMachine(Outbox, BotRedial):
 
     def _on_channel_leaving(self, event: ChannelLeaving) -> None:
         media = self.res[K.MEDIA_CHANNEL]
-        if event.channel.id == self.ids.caller_id:
+        channel_id = event.channel_id if isinstance(event, ChannelVanished) else event.channel.id
+        if channel_id == self.ids.caller_id:
             self._caller_gone()
             self._end("caller hung up", by=EndedBy.CALLER)
-        elif event.channel.id == self.ids.media_channel_id and media.life is not Life.DELETING:
+        elif (
+            isinstance(event, ChannelVanished)
+            and self.transfer is not None
+            and (channel_id == self.transfer.channel_id)
+        ):
+            self._target_gone(None, "target gone while the events socket was down")
+        elif (
+            self._target_leaving(event, channel_id)
+            or self._snoop_leaving(channel_id)
+            or isinstance(event, ChannelVanished)
+        ):
+            pass
+        elif channel_id == self.ids.media_channel_id and media.life is not Life.DELETING:
             # Somebody else removed our media channel: the call has no audio path left.
             if media.life is Life.UP:
                 media.life = Life.GONE
@@ -358,8 +459,15 @@ class CallMachine(Outbox, BotRedial):
 
     def _on_playback_finished(self, event: PlaybackFinished) -> None:
         step = self._caller_step
+        ringback = self.res[K.RINGBACK]
         if isinstance(step, PlaySound) and event.playback_id == step.playback_id:
             self._playback_done()
+        elif (
+            isinstance(ringback.delete, StopRingback)
+            and ringback.life is Life.UP
+            and (event.playback_id == ringback.delete.playback_id)
+        ):
+            self.res.gone(K.RINGBACK)  # the tone ended on its own
 
     def _caller_gone(self) -> None:
         self.res.gone(K.CALLER)
@@ -391,12 +499,14 @@ class CallMachine(Outbox, BotRedial):
     def _drain_then_end(self, event: HangupRequested) -> None:
         """Hang up once what the bot queued has played out; before the call is up, once it
         is (what the bot queued by then is heard out too)."""
-        if self.state in (CallState.SETUP, CallState.UP) and self._goodbye is None:
+        if event.cause:
+            self._hangup_cause = event.cause
+        if self.state in (SETUP, *TALKING) and self._goodbye is None:
             self._goodbye = (event.reason, event.by or EndedBy.BRIDGE)
-        if self.state is CallState.UP:
+        if self.state in TALKING:
             self._goto(CallState.DRAINING)
             self._emit(DrainPlayout())
-        elif self.state is CallState.BOT_AWAY:  # nothing queued to play out
+        elif self.state in (BOT_AWAY, TRANSFERRED):  # nothing queued to play out
             self._end(event.reason, by=event.by or EndedBy.BRIDGE)
 
     def _on_drained(self, event: PlayoutDrained) -> None:
@@ -432,11 +542,23 @@ class CallMachine(Outbox, BotRedial):
                 self._emit(StartMedia(self.media_channel))
             self._maybe_bridge()
         elif isinstance(cmd, AddChannels):
-            self._joining = None
-            self.res[K.CALLER].joined = self.res[K.MEDIA_CHANNEL].joined = True
-            self._maybe_up()
+            if not self._target_joined(cmd):
+                self._joining = None
+                self.res[K.CALLER].joined = self.res[K.MEDIA_CHANNEL].joined = True
+                self._maybe_up()
         elif isinstance(cmd, StartHold):
             self._created(K.HOLD)
+        elif isinstance(cmd, OriginateTarget):
+            self._originated(cmd)
+        elif isinstance(cmd, CreateSnoop):
+            self._snoop_created(cmd)
+        elif isinstance(cmd, StartRecording):
+            self._recording_started(cmd)
+        elif isinstance(cmd, StartRingback):
+            self._created(K.RINGBACK)
+        elif isinstance(cmd, StopRecording):
+            self.res.deleted_by(cmd)
+            self._recording_stopped(cmd, None)
         elif self.res.deleted_by(cmd) is not None:
             self._advance_caller()  # a bridge or hold gone may free the caller's next step
         self._maybe_finish()
@@ -455,8 +577,19 @@ class CallMachine(Outbox, BotRedial):
                 self._emit_teardown(delete)
         elif isinstance(cmd, OpenMedia):
             self.res.gone(K.MEDIA_LEG)
+        elif isinstance(cmd, AddChannels) and self._target_join_failed(cmd, failed.error):
+            pass
         elif isinstance(cmd, AddChannels):
             self._joining = None
+        elif isinstance(cmd, OriginateTarget):
+            self._originate_failed(failed)
+        elif isinstance(cmd, StartRecording | CreateSnoop):
+            self._recording_failed(failed)
+        elif isinstance(cmd, StartRingback):
+            self.res.gone(K.RINGBACK)  # the caller waits in silence instead
+        elif isinstance(cmd, StopRecording):
+            self.res.deleted_by(cmd)
+            self._recording_stopped(cmd, failed)
         elif isinstance(cmd, Answer) and failed.status == 404:
             self._caller_gone()
         elif isinstance(cmd, StartHold | StopHold):
@@ -509,7 +642,7 @@ class CallMachine(Outbox, BotRedial):
             bot.life = Life.UP
         if self.state is CallState.BOT_AWAY and bot.life is Life.UP:
             self._resumed()
-        self._maybe_up()
+        self._maybe_up()  # (in TRANSFERRING: a re-dial landed; if the transfer fails, UP)
 
     def _maybe_up(self) -> None:
         if self.state is not CallState.SETUP or not self.res[K.MEDIA_CHANNEL].joined:
@@ -517,6 +650,8 @@ class CallMachine(Outbox, BotRedial):
         bot = self.res.life(K.BOT)
         if bot is Life.UP and self._goodbye is None:
             self._goto(CallState.UP)
+            if self.record_plan is not None and self.record_plan.mode is not RecordMode.NONE:
+                self._start_recording()  # the bot is connected and the caller bridged
         elif bot in (Life.UP, Life.GONE):
             # A bot that spoke and hung up before the bridge was ready (in SETUP a bot that
             # is GONE closed normally: any other close ends the call), or a hang-up asked for
@@ -528,6 +663,12 @@ class CallMachine(Outbox, BotRedial):
     def _on_bot_closed(self, event: BotClosed) -> None:
         was_up = self.res.life(K.BOT) is Life.UP
         self.res.gone(K.BOT)
+        if self.state is CallState.TRANSFERRING:
+            # The bot left while its attended transfer rings: the transfer goes on blind
+            # (the caller is the target's if it answers, else the fallback's).
+            self._note("transfer_now_blind", why=f"bot closed (code {event.code})")
+            self._hand_over()
+            return
         why_not = ""
         if was_up and self.state is CallState.UP:
             why_not = self.reconnects.on_drop(event.code, self._now)
@@ -603,6 +744,8 @@ class CallMachine(Outbox, BotRedial):
     # ---- the caller's way out -----------------------------------------------------------
 
     def _plan_for_caller(self, fallback: bool) -> list[str]:
+        if self._handoff is not None:
+            return ["handoff"]
         if not fallback or self.ringing:
             return ["hangup"]
         plan = []
@@ -628,8 +771,10 @@ class CallMachine(Outbox, BotRedial):
         elif step == "continue":
             fb = self.fallback
             cmd = ContinueInDialplan(caller, fb.context, fb.extension, fb.priority)
+        elif step == "handoff" and self._handoff is not None:
+            cmd = self._handoff
         else:
-            cmd = HangupChannel(caller)
+            cmd = HangupChannel(caller, self._hangup_cause)
         self._caller_step = cmd
         self._emit_teardown(cmd)
 
@@ -667,6 +812,91 @@ class CallMachine(Outbox, BotRedial):
             # A bad fallback location must not strand the caller in silence: hang up.
             self._caller_plan = ["hangup"]
         self._advance_caller()
+
+    # ---- the bot's control messages ------------------------------------------------------
+
+    def _on_transfer_request(self, request: TransferRequest) -> None:
+        back_to = self.state
+        if back_to is CallState.BOT_AWAY and request.mode is TransferMode.ATTENDED:
+            request = dataclasses.replace(request, mode=TransferMode.BLIND)  # no bot to stay
+        self._start_transfer(request, back_to)
+
+    def _on_hangup_with_cause(self, request: HangupWithCause) -> None:
+        self._hangup_cause = request.cause
+        self._note("bot_hangup", cause=request.cause)
+        self._drain_then_end(HangupRequested(f"bot hung up (cause {request.cause})",
+                                             by=EndedBy.BOT, drain=True))  # fmt: skip
+
+    def _on_dtmf_out(self, request: DtmfOut) -> None:
+        if self.res.life(K.CALLER) is Life.UP:
+            self._emit(SendDtmfToCaller(self.ids.caller_id, request.digits))
+
+    def _on_record_control(self, request: RecordControl) -> None:
+        if self.record_plan is None:
+            self._note("record_refused", why="recording is not configured (--record-name)")
+        elif request.start:
+            self._start_recording(request.mode)
+        else:
+            self._stop_recording()
+
+    # ---- what the transfer and the recorder ask of the machine --------------------------
+
+    def _hand_off(self, request: TransferRequest) -> None:
+        location = request.location
+        assert location is not None
+        extension, context = location
+        self._handoff = ContinueInDialplan(self.ids.caller_id, context, extension, 1)
+        self._note("transfer_to_dialplan", context=context, extension=extension)
+        self._end(f"transferred to {request.target}", by=EndedBy.BOT)
+
+    def _transfer_state(self, *, handed_over: bool | None) -> None:
+        if handed_over is None:
+            self._goto(TRANSFERRING)
+        elif handed_over:
+            self._goto(TRANSFERRED)
+        elif self.state is TRANSFERRING:
+            back = self.last_transfer.back_to if self.last_transfer else UP
+            if back is BOT_AWAY and self.res.life(K.BOT) is Life.UP:
+                back = UP  # a re-dial landed meanwhile
+                self.reconnects.resumed(self._now)
+                self._teardown(K.HOLD)
+            self._goto(back if isinstance(back, CallState) else UP)
+
+    def _handed_over(self) -> bool:
+        return self.state is TRANSFERRED
+
+    def _leave_bot_side(self) -> None:
+        for kind in (K.BOT, K.HOLD, K.MEDIA_CHANNEL, K.MEDIA_LEG):
+            self._teardown(kind)
+        if self.record_plan is not None and not self.record_plan.keep_on_transfer:
+            self._stop_recording()
+
+    def _note(self, event: str, **fields: object) -> None:
+        warning = event.endswith(("_failed", "_refused"))
+        self._changes.append(Noted(event, fields, warning))
+
+    @property
+    def _caller_id(self) -> str:
+        return self.ids.caller_id
+
+    @property
+    def _bridge_id(self) -> str:
+        return self.ids.bridge_id
+
+    def _target_id(self, n: int) -> str:
+        return f"{self.ids.id_prefix}xf-{self.ids.call_id}-{n}"
+
+    def _snoop_id(self, spy: str, segment: int) -> str:
+        return f"{self.ids.id_prefix}sn-{spy}-{self.ids.call_id}-{segment}"
+
+    def _caller_number(self) -> str:
+        return self.caller.caller_number
+
+    def owned_channels(self) -> list[str]:
+        """Our further channels that exist now (a transfer target, snoops): for a resync."""
+        rows = ((K.TARGET, self.transfer.channel_id if self.transfer else ""),
+                *((kind, ident) for kind, ident in self._snoop_ids.items()))  # fmt: skip
+        return [ident for kind, ident in rows if ident and self.res.life(kind) is Life.UP]
 
     # ---- plumbing -----------------------------------------------------------------------
 

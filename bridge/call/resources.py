@@ -30,9 +30,14 @@ class ResourceKind(enum.Enum):
 
     BOT = "bot"  # the bot's WebSocket session (its delete also cancels a connect in flight)
     MEDIA_CHANNEL = "media_channel"  # the ExternalMedia channel
-    TARGET = "target"  # a transfer target's channel (not used yet)
-    SNOOP = "snoop"  # a snoop channel for a recording (not used yet)
-    RECORDING = "recording"  # (not used yet)
+    TARGET = "target"  # a transfer target's channel (bridge.call.transfer)
+    # Recordings are stopped before what they record goes (bridge.call.recorder).
+    RECORDING = "recording"  # the bridge's recording: both sides mixed
+    TRACK_IN = "track_in"  # the recording of what the caller says (its snoop, spy=in)
+    TRACK_OUT = "track_out"  # the recording of what the caller hears (spy=out)
+    SNOOP_IN = "snoop_in"
+    SNOOP_OUT = "snoop_out"
+    RINGBACK = "ringback"  # what a caller hears while a blind transfer's target rings
     HOLD = "hold"  # what the caller hears while the bot is away
     CALLER = "caller"  # the caller's channel: its way out is the call's fallback plan
     BRIDGE = "bridge"  # the mixing bridge

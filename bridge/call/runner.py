@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,7 +20,16 @@ from ari.events import AriEvent
 from ari.models import Channel
 from ari.rest import AriRestClient
 from bridge.bot.connection import BotConnection
-from bridge.bot.dialects.base import BotAudio, BotClear, BotDialect, BotIgnored, BotMark, CallInfo
+from bridge.bot.control import BotRequest, HangupWithCause, TransferCause, TransferRequest, reply
+from bridge.bot.dialects.base import (
+    BotAudio,
+    BotClear,
+    BotControl,
+    BotDialect,
+    BotIgnored,
+    BotMark,
+    CallInfo,
+)
 from bridge.call.commands import (
     AddChannels,
     Answer,
@@ -34,20 +45,30 @@ from bridge.call.commands import (
     ContinueInDialplan,
     CreateBridge,
     CreateExternalMedia,
+    CreateSnoop,
     DeleteBridge,
     DrainPlayout,
+    EndedBy,
     Finished,
     HangupChannel,
+    HangupRequested,
     MediaDtmf,
     MediaEnded,
     MediaFailed,
+    NotifyBot,
     OpenMedia,
+    OriginateTarget,
     PlayoutDrained,
     PlaySound,
     SendDtmf,
+    SendDtmfToCaller,
     StartHold,
     StartMedia,
+    StartRecording,
+    StartRingback,
     StopHold,
+    StopRecording,
+    StopRingback,
 )
 from bridge.call.dialplan import DialplanCallMachine
 from bridge.call.hold import CallerHold
@@ -57,9 +78,12 @@ from bridge.call.machine import (
     CallState,
     Fallback,
     MachineInput,
+    Noted,
     StateChanged,
 )
 from bridge.call.reconnect import OFF, ReconnectPolicy
+from bridge.call.recorder import RecordPlan
+from bridge.call.transfer import TransferPolicy
 from bridge.call.view import CallChange, CallView, Direction, Milestone
 from bridge.errors import AriHttpError, BotProtocolError, BridgeError
 from bridge.logs import redact_url
@@ -95,11 +119,16 @@ class Call:
         ring_timeout: float | None = None,
         webhook_url: str = "",
         reconnect: ReconnectPolicy | None = None,
+        transfer: TransferPolicy | None = None,
+        record: RecordPlan | None = None,
+        on_channel: Callable[[Call, str], None] | None = None,
     ) -> None:
         """An ARI call has its `caller` channel and the ARI `rest` session; a call from the
         dialplan alone (`caller` None) runs a DialplanCallMachine and needs no REST.
         The bot's audio is converted between the dialect's own (`dialect.audio`) and what
-        the media leg announces it carries (`leg.formats`)."""
+        the media leg announces it carries (`leg.formats`). `on_channel` is told of every
+        further channel the call makes (a transfer target, a snoop) before it exists, so
+        its events find the call."""
         self.ids = ids
         self.log = log
         self._loop = asyncio.get_running_loop()
@@ -133,6 +162,13 @@ class Call:
         self._earlier_bots = (0, 0)  # sent, dropped by the sessions before this one
         self._dropped_at = 0.0
         self._drop_code: int | None = None
+        self._on_channel = on_channel
+        self.channels: set[str] = set()  # further channels of the call's (on_channel)
+        # The bot's control messages wait in the playout behind the audio queued before
+        # them, as marks of our own (a name no bot can guess).
+        self._controls: dict[str, BotRequest] = {}
+        self._control_tag = f"pcb-ctl-{secrets.token_hex(4)}-"
+        self._control_seq = 0
         self.machine: CallMachine | DialplanCallMachine
         if caller is None:
             self._times["answered"] = self._times["started"]  # Asterisk answered it
@@ -151,6 +187,8 @@ class Call:
                 reject=reject,
                 ring_timeout=ring_timeout,
                 reconnect=self._reconnect,
+                transfer=transfer,
+                record=record,
             )
         self.leg = leg_factory(self)
         self._hold = CallerHold(self._reconnect.hold, self.leg, rest, self._loop)
@@ -197,7 +235,17 @@ class Call:
             fallback=m.used_fallback,
             media=media,
             webhook_url=self._webhook_url,
+            transfer=self._transfer_view(),
+            recordings=tuple(r.as_dict() for r in getattr(m, "recordings", ())),
         )
+
+    def _transfer_view(self) -> dict[str, str] | None:
+        t = getattr(self.machine, "last_transfer", None)
+        if t is None:
+            return None
+        outcome = t.outcome or ("ringing" if t.ringing else "dialling")
+        return {"target": t.request.target, "mode": t.request.mode.value,
+                "target_channel": t.channel_id, "outcome": outcome}  # fmt: skip
 
     def _milestone(self, name: str) -> None:
         if name not in self._times:
@@ -217,11 +265,15 @@ class Call:
 
     def start(self) -> None:
         if self.machine.state is CallState.ENDING:
-            self.log.warning("call_rejected", reason=self.machine.end_reason,
-                             fallback=self.machine.fallback.policy)
+            self.log.warning(
+                "call_rejected",
+                reason=self.machine.end_reason,
+                fallback=self.machine.fallback.policy,
+            )
         else:
-            self.log.info("call_started", bot_url=redact_url(self.machine.bot_url),
-                          dialect=self._dialect.name)
+            self.log.info(
+                "call_started", bot_url=redact_url(self.machine.bot_url), dialect=self._dialect.name
+            )
         self._publish(Milestone("started"))
         self._pump()
 
@@ -243,6 +295,11 @@ class Call:
                 else:
                     self._execute(cmd)
         for change in self.machine.changes_to_report():
+            if isinstance(change, Noted):
+                (self.log.warning if change.warning else self.log.info)(
+                    change.event, **change.fields
+                )
+                continue
             if isinstance(change, StateChanged) and change.new is CallState.ENDED:
                 self._times["ended"] = time.time()
             self._publish(change)  # type: ignore[arg-type]
@@ -269,6 +326,8 @@ class Call:
         elif isinstance(cmd, CloseMedia):
             self.leg.close(hangup=cmd.hangup)
             self.machine.handle(CommandDone(cmd), self._loop.time())
+        elif isinstance(cmd, NotifyBot):
+            self._notify_bot(cmd.message)
         elif self._rest is not None:
             self._execute_ari(cmd, self._rest)
 
@@ -291,19 +350,49 @@ class Call:
         elif isinstance(cmd, AddChannels):
             self._spawn(cmd, rest.add_channels(cmd.bridge_id, cmd.channel_ids))
         elif isinstance(cmd, HangupChannel):
-            self._spawn(cmd, rest.hangup(cmd.channel_id))
+            self._spawn(cmd, rest.hangup(cmd.channel_id, cmd.reason))
+        elif isinstance(cmd, OriginateTarget):
+            self._own(cmd.channel_id)
+            self._spawn(cmd, rest.originate(
+                endpoint=cmd.endpoint, app=self._app, app_args="transfer",
+                channel_id=cmd.channel_id, caller_id=cmd.caller_id, ring_timeout=cmd.timeout,
+                originator=cmd.originator))  # fmt: skip
+        elif isinstance(cmd, SendDtmfToCaller):
+            self.log.info("dtmf_to_caller", digits=cmd.digits)
+            self._spawn(cmd, rest.send_dtmf(cmd.channel_id, cmd.digits))
+        elif isinstance(cmd, CreateSnoop):
+            self._own(cmd.snoop_id)
+            self._spawn(cmd, rest.snoop(cmd.channel_id, snoop_id=cmd.snoop_id, spy=cmd.spy,
+                                        app=self._app, app_args=f"snoop,{cmd.spy}"))  # fmt: skip
+        elif isinstance(cmd, StartRecording):
+            self._spawn(cmd, rest.record(cmd.target, cmd.target_id, cmd.name, cmd.fmt))
+        elif isinstance(cmd, StopRecording):
+            self._spawn(cmd, rest.stop_recording(cmd.name))
+        elif isinstance(cmd, StartRingback):
+            if cmd.mode == "moh":
+                self._spawn(cmd, rest.bridge_moh(cmd.bridge_id, on=True))
+            else:
+                self._spawn(cmd, rest.play_bridge(cmd.bridge_id, "tone:ring", cmd.playback_id))
+        elif isinstance(cmd, StopRingback):
+            if cmd.mode == "moh":
+                self._spawn(cmd, rest.bridge_moh(cmd.bridge_id, on=False))
+            else:
+                self._spawn(cmd, rest.stop_playback(cmd.playback_id))
         elif isinstance(cmd, DeleteBridge):
             self._spawn(cmd, rest.delete_bridge(cmd.bridge_id))
         elif isinstance(cmd, PlaySound):
             self.log.info("fallback_sound", media=cmd.media)
             self._spawn(cmd, rest.play(cmd.channel_id, cmd.media, cmd.playback_id))
         elif isinstance(cmd, ContinueInDialplan):
-            self.log.info("fallback_continue", context=cmd.context, extension=cmd.extension,
-                          priority=cmd.priority)
+            self.log.info(
+                "fallback_continue",
+                context=cmd.context,
+                extension=cmd.extension,
+                priority=cmd.priority,
+            )
             self._spawn(
                 cmd,
-                rest.continue_in_dialplan(cmd.channel_id, cmd.context, cmd.extension,
-                                          cmd.priority),
+                rest.continue_in_dialplan(cmd.channel_id, cmd.context, cmd.extension, cmd.priority),
             )
 
     def _spawn(self, cmd: Command, coro: Any) -> asyncio.Task[None]:
@@ -318,8 +407,9 @@ class Call:
             value = await coro
         except AriHttpError as exc:
             level = "info" if exc.status == 404 and _is_teardown(cmd) else "warning"
-            getattr(self.log, level)("ari_request_failed", command=name, status=exc.status,
-                                     error=exc.message)
+            getattr(self.log, level)(
+                "ari_request_failed", command=name, status=exc.status, error=exc.message
+            )
             self.feed(CommandFailed(cmd, exc.message, exc.status))
         except (BridgeError, OSError, TimeoutError) as exc:
             self.log.warning("command_failed", command=name, error=str(exc))
@@ -350,8 +440,9 @@ class Call:
     async def _open_media(self) -> Mapping[str, str]:
         params = await self.leg.open()
         self.log = self.log.bind(**self.leg.log_fields())
-        self.log.info("media_bound", transport=self.leg.transport,
-                      external_host=params.get("external_host"))
+        self.log.info(
+            "media_bound", transport=self.leg.transport, external_host=params.get("external_host")
+        )
         return params
 
     def _start_media(self, cmd: StartMedia) -> None:
@@ -371,6 +462,8 @@ class Call:
             self.caller_frames_dropped += 1
 
     def on_marks_played(self, names: list[str]) -> None:
+        if self._controls:
+            names = self._controls_due(names)
         if self._bot_up:
             assert self._bot is not None
             for name in names:
@@ -457,8 +550,9 @@ class Call:
         except BotProtocolError as exc:
             self.bot_bad_messages += 1
             if self.bot_bad_messages in (1, 10, 100, 1000):
-                self.log.warning("bot_message_rejected", reason=str(exc),
-                                 count=self.bot_bad_messages)
+                self.log.warning(
+                    "bot_message_rejected", reason=str(exc), count=self.bot_bad_messages
+                )
             return
         if isinstance(event, BotAudio):
             self.bot_audio_bytes += len(event.payload)
@@ -469,6 +563,9 @@ class Call:
             self.log.info("bot_clear")
         elif isinstance(event, BotMark):
             self.leg.mark(event.name)
+        elif isinstance(event, BotControl):
+            self.log.info("bot_control", request=repr(event.request))
+            self.request(event.request)
         elif isinstance(event, BotIgnored):
             self.log.debug("bot_message_ignored", reason=event.reason)
 
@@ -479,6 +576,52 @@ class Call:
         self._dropped_at, self._drop_code = self._loop.time(), code
         self.log.info("bot_closed", code=code, reason=reason)
         self.feed(BotClosed(code, reason))
+
+    # ---- the bot's control messages ------------------------------------------------------
+
+    def request(self, request: BotRequest) -> None:
+        """A control request (the bot's, or the API's): carried out once the audio queued
+        before it has played (a barge-in's clear lets it through at once)."""
+        self._control_seq += 1
+        tag = f"{self._control_tag}{self._control_seq}"
+        self._controls[tag] = request
+        self.leg.mark(tag)
+
+    def _controls_due(self, names: list[str]) -> list[str]:
+        """Feed the machine the requests whose turn has come; the bot's own marks remain."""
+        theirs = []
+        for name in names:
+            request = self._controls.pop(name, None)
+            if request is None:
+                theirs.append(name)
+            elif self._rest is None:
+                self._dialplan_request(request)
+            else:
+                self.feed(request)
+        return theirs
+
+    def _dialplan_request(self, request: BotRequest) -> None:
+        """A call from the dialplan alone has no channel to ask ARI about: it can only
+        hang up (with the dialplan's own cause)."""
+        if isinstance(request, HangupWithCause):
+            self.log.info("bot_hangup", cause=request.cause, why_normal="no ARI on this call")
+            self.feed(HangupRequested("bot hung up", by=EndedBy.BOT, drain=True))
+            return
+        self.log.warning("bot_control_refused", request=repr(request),
+                         why="a call from the dialplan alone has no ARI")  # fmt: skip
+        if isinstance(request, TransferRequest):
+            self._notify_bot(reply("transfer_failed", request.target, TransferCause.FAILED))
+
+    def _notify_bot(self, message: Mapping[str, str]) -> None:
+        if self._bot_up and self._bot is not None:
+            self._bot.send(json.dumps(message, separators=(",", ":")))
+            self.log.info("bot_notified", message=message.get("event"),
+                          cause=message.get("cause"))  # fmt: skip
+
+    def _own(self, channel_id: str) -> None:
+        self.channels.add(channel_id)
+        if self._on_channel is not None:
+            self._on_channel(self, channel_id)
 
     # ---- end ----------------------------------------------------------------------------
 
@@ -503,6 +646,8 @@ class Call:
             bot_dropped=bot.dropped if bot else 0,
             bot_bad_messages=self.bot_bad_messages,
             dtmf=self.dtmf_sent,
+            transfer=self._transfer_view(),
+            recordings=[r.as_dict() for r in getattr(self.machine, "recordings", ())] or None,
             **self.leg.stats(),
         )
         if not self.finished.done():
@@ -511,4 +656,7 @@ class Call:
 
 
 def _is_teardown(cmd: Command) -> bool:
-    return isinstance(cmd, HangupChannel | DeleteBridge | CloseBot | CloseMedia | StopHold)
+    return isinstance(
+        cmd, HangupChannel | DeleteBridge | CloseBot | CloseMedia | StopHold | StopRecording
+        | StopRingback,
+    )  # fmt: skip

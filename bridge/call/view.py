@@ -55,6 +55,10 @@ class CallView:
     fallback: bool = False
     media: Mapping[str, int] = field(default_factory=dict)
     webhook_url: str = ""  # this call's own lifecycle receiver, if any
+    # The latest transfer: target, mode, target_channel, outcome ("", answered, failed: ...)
+    transfer: Mapping[str, str] | None = None
+    # Each file Asterisk wrote for the call: name, format, track, state, error.
+    recordings: tuple[Mapping[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "media", MappingProxyType(dict(self.media)))
@@ -80,6 +84,8 @@ class CallView:
         data["direction"] = self.direction.value
         data["ended_by"] = self.ended_by.value if self.ended_by else None
         data["media"] = dict(self.media)
+        data["transfer"] = dict(self.transfer) if self.transfer else None
+        data["recordings"] = [dict(r) for r in self.recordings]
         data["webhook_url"] = redact_url(self.webhook_url)
         data["duration"] = self.duration
         data["talk_time"] = self.talk_time

@@ -13,6 +13,7 @@ called, bot and parameters registered for its UUID.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,12 +21,15 @@ from urllib.parse import urlsplit
 
 from ari.models import Channel
 from ari.rest import AriRestClient
+from bridge.bot.control import RecordMode
 from bridge.bot.dialects import create_dialect
 from bridge.bot.dialects.base import BotDialect, CallInfo
 from bridge.bot.url import bot_template, option_from_args, resolve_bot
 from bridge.call.machine import CallIds, Fallback
 from bridge.call.reconnect import ReconnectPolicy
+from bridge.call.recorder import RecordPlan, render_record_name
 from bridge.call.runner import Call, CallObserver
+from bridge.call.transfer import TransferPolicy
 from bridge.call.view import Direction
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
@@ -66,6 +70,9 @@ class CallFactory:
         )  # fmt: skip
         # What the bot is told the call's rate is (exotel follows it): the format's.
         self._rate = 16000 if s.format == "slin16" else 8000
+        self._transfer = TransferPolicy(
+            s.transfer_allow, s.transfer_ringback, s.transfer_attended_ringback
+        )
 
     @property
     def fallback(self) -> Fallback:
@@ -94,6 +101,7 @@ class CallFactory:
             bridge_id=f"{s.id_prefix}br-{call_id}",
             media_channel_id=f"{s.id_prefix}em-{call_id}",
             bridge_name=f"{s.app}:{caller.id}",
+            id_prefix=s.id_prefix,
         )
         values = {
             "call_id": call_id,
@@ -125,6 +133,9 @@ class CallFactory:
             webhook_url=_webhook_arg(args, call_log),
             direction=Direction.OUTBOUND if outbound else Direction.INBOUND,
             ring_timeout=outbound.ring_timeout if outbound else None,
+            transfer=self._transfer,
+            record=self._record_plan(args, call_id, caller.id, call_log),
+            on_channel=self._registry.bind,
         )
         self._registry.add(call, transport, rejected=bool(reject))
         call.start()
@@ -172,9 +183,12 @@ class CallFactory:
         reject = reject or self._admission(None)
         url_values = {"call_id": call_id, "channel_id": channel_id, "caller": caller,
                       "called": called}  # fmt: skip
-        bot_url, dialect_name = resolve_bot(template or s.bot_url, s.dialect,
-                                            [f"dialect={params['dialect']}"]
-                                            if params.get("dialect") else [], url_values)
+        bot_url, dialect_name = resolve_bot(
+            template or s.bot_url,
+            s.dialect,
+            [f"dialect={params['dialect']}"] if params.get("dialect") else [],
+            url_values,
+        )
         custom = {k: v for k, v in params.items() if k not in ("bot", "dialect")}
         info = CallInfo(call_id, channel_id, caller, called, custom)
         dialect, reject = self._dialect_for(dialect_name, info, call_log, reject)
@@ -200,6 +214,20 @@ class CallFactory:
             call_log.error("bad_dialect", error=str(exc))
             dialect = create_dialect(self._settings.dialect, info, self._rate)
             return dialect, reject or f"unknown dialect {name!r}"
+
+    def _record_plan(
+        self, args: Sequence[str], call_id: str, channel_id: str, call_log: Any
+    ) -> RecordPlan:
+        """--record, or the call's own Stasis argument record=none|mixed|tracks."""
+        s = self._settings
+        mode = option_from_args(args, "record") or s.record
+        if mode not in tuple(RecordMode):
+            call_log.warning("bad_record_argument", record=mode, using=s.record)
+            mode = s.record
+        name = render_record_name(s.record_name, call_id=call_id, channel_id=channel_id,
+                                  at=time.time())  # fmt: skip
+        return RecordPlan(name, RecordMode(mode), s.record_format,
+                          keep_on_transfer=s.record_on_transfer == "keep")  # fmt: skip
 
     def _call(self, **kwargs: Any) -> Call:
         s = self._settings

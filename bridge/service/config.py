@@ -13,13 +13,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bridge.bot.control import RecordMode
 from bridge.call.reconnect import HOLD_MODES, ReconnectPolicy
+from bridge.call.recorder import DEFAULT_RECORD_NAME, RECORD_FORMATS, render_record_name
+from bridge.call.transfer import RINGBACK_MODES, TransferPolicy
 from bridge.errors import ConfigError
 from bridge.media.factory import TRANSPORTS, parse_listen
 from bridge.media.ports import PortPool, parse_port_range
 from bridge.secrets import read_secret_file
 
 FORMATS = ("ulaw", "alaw", "slin", "slin16")
+RECORD_MODES = tuple(m.value for m in RecordMode)
 CONTROL_FORMATS = ("plain", "json")
 DIALECTS = ("twilio", "exotel", "vonage")
 FALLBACKS = ("hangup", "continue")
@@ -102,6 +106,17 @@ class Settings:
     # so a live worker takes them; "" context: the fallback, as before.
     orphan_context: str = ""
     orphan_extension: str = "s"
+    # Transfers a bot asks for (bridge.call.transfer): the targets it may dial (fnmatch
+    # patterns, comma-separated), and what the caller hears while one rings.
+    transfer_allow: tuple[str, ...] = ("*",)
+    transfer_ringback: str = "ring"
+    transfer_attended_ringback: str = "none"
+    # Recording (bridge.call.recorder): none (only when the bot asks), mixed or tracks; the
+    # name under Asterisk's recording directory; whether it goes on after a transfer.
+    record: str = "none"
+    record_name: str = DEFAULT_RECORD_NAME
+    record_format: str = "wav"
+    record_on_transfer: str = "keep"
 
     @property
     def ari_enabled(self) -> bool:
@@ -221,6 +236,34 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
         "dialplan context for callers a dead run left waiting (once per call; '' = fallback)",
     ),
     ("--orphan-extension", "orphan_extension", "dialplan extension for --orphan-context"),
+    (
+        "--transfer-allow",
+        "transfer_allow",
+        "transfer targets a bot may dial: fnmatch patterns, e.g. PJSIP/1*,Local/*@agents",
+    ),
+    (
+        "--transfer-ringback",
+        "transfer_ringback",
+        f"what a caller hears while a blind transfer rings: {', '.join(RINGBACK_MODES)}",
+    ),
+    (
+        "--transfer-attended-ringback",
+        "transfer_attended_ringback",
+        f"what a caller hears under the bot while an attended transfer rings: "
+        f"{', '.join(RINGBACK_MODES)}",
+    ),
+    ("--record", "record", "record calls: none (only when the bot asks), mixed or tracks"),
+    (
+        "--record-name",
+        "record_name",
+        "recording name under Asterisk's recording dir: {call_id} {channel_id} {start} {date}",
+    ),
+    ("--record-format", "record_format", f"recording format: {', '.join(RECORD_FORMATS)}"),
+    (
+        "--record-on-transfer",
+        "record_on_transfer",
+        "keep recording the caller with the person after a transfer, or stop",
+    ),
 )
 
 
@@ -437,7 +480,12 @@ def _validate(raw: dict[str, str]) -> Settings:
         if name in raw:
             kwargs[name] = _bool(raw[name], name)
     kwargs.update(_reconnect_settings(raw))
+    if "transfer_allow" in raw:
+        kwargs["transfer_allow"] = tuple(
+            p.strip() for p in raw["transfer_allow"].split(",") if p.strip()
+        )
     settings = Settings(**kwargs)  # type: ignore[arg-type]
+    _check_transfer_and_record(settings)
     if settings.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     if settings.transport not in TRANSPORTS:
@@ -447,8 +495,9 @@ def _validate(raw: dict[str, str]) -> Settings:
     audiosocket = parse_listen(settings.audiosocket_listen, "--audiosocket-listen")
     websocket = parse_listen(settings.websocket_listen, "--websocket-listen")
     if settings.transport == "rtp" and settings.format == "slin":
-        raise ConfigError("--format slin is for audiosocket and websocket; RTP carries ulaw, "
-                          "alaw or slin16")
+        raise ConfigError(
+            "--format slin is for audiosocket and websocket; RTP carries ulaw, alaw or slin16"
+        )
     if settings.transport == "audiosocket" and audiosocket is None:
         raise ConfigError("--transport audiosocket needs --audiosocket-listen")
     if settings.dialect not in DIALECTS:
@@ -507,6 +556,23 @@ def _reconnect_settings(raw: dict[str, str]) -> dict[str, object]:
     except ValueError as exc:
         raise ConfigError(f"--bot-{str(exc).replace(' ', '-', 1)}") from None
     return {"bot_reconnect_window": window, "bot_reconnect_max": most, "bot_reconnect_hold": hold}
+
+
+def _check_transfer_and_record(s: Settings) -> None:
+    try:
+        TransferPolicy(s.transfer_allow, s.transfer_ringback, s.transfer_attended_ringback)
+    except ValueError as exc:
+        raise ConfigError(f"--transfer-{exc}") from None
+    if s.record not in RECORD_MODES:
+        raise ConfigError(f"--record must be one of {', '.join(RECORD_MODES)}")
+    if s.record_format not in RECORD_FORMATS:
+        raise ConfigError(f"--record-format must be one of {', '.join(RECORD_FORMATS)}")
+    if s.record_on_transfer not in ("keep", "stop"):
+        raise ConfigError("--record-on-transfer must be keep or stop")
+    try:
+        render_record_name(s.record_name, call_id="0" * 32, channel_id="1.2", at=0.0)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _bool(text: str, field: str) -> bool:

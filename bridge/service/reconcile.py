@@ -9,7 +9,8 @@ stream rather than in front of it:
 2. What an earlier run of this service left behind (crash, kill -9): only what is provably
    this service's — our id prefix, and our app (in the bridge's name; the channel in our
    app) — so a second process never sweeps the first's: bridges, ExternalMedia channels
-   (`<prefix>em-`) and answered outbound channels (`<prefix>out-`).
+   (`<prefix>em-`), answered outbound channels (`<prefix>out-`), transfer targets and
+   snoops (`<prefix>xf-`, `<prefix>sn-`).
 3. Callers waiting in the app that nobody serves (an earlier run took them and died) go once
    to --orphan-context (`bridge.service.orphans`), else get the fallback, after a grace and a
    second look, so a StasisStart still in flight on the events socket is not mistaken for an
@@ -24,7 +25,7 @@ from typing import Any
 
 from ari.models import Bridge, Channel
 from ari.rest import AriRestClient
-from bridge.call.commands import HangupRequested
+from bridge.call.commands import ChannelVanished, HangupRequested
 from bridge.call.machine import CallState
 from bridge.errors import BridgeError
 from bridge.logs import get_logger
@@ -34,7 +35,14 @@ from bridge.service.registry import CallRegistry
 
 # The calls a resync looks after: every one not ending already (a call whose bot is away
 # still holds a caller, a bridge and a media channel).
-WATCHED = (CallState.SETUP, CallState.UP, CallState.BOT_AWAY, CallState.DRAINING)
+WATCHED = (
+    CallState.SETUP, CallState.UP, CallState.BOT_AWAY, CallState.TRANSFERRING,
+    CallState.TRANSFERRED, CallState.DRAINING,
+)  # fmt: skip
+
+# The channels this service names (ExternalMedia, answered outbound calls, transfer targets,
+# snoops): one in our app that no call of ours owns is a leftover of an earlier run.
+OUR_CHANNELS = ("em", "out", "xf", "sn")
 
 log = get_logger("bridge")
 
@@ -101,14 +109,26 @@ class Reconciler:
                 continue  # ending already, or a call from the dialplan (not in ARI)
             if getattr(call.machine, "ringing", False):
                 continue  # an outbound call still ringing: not in the app until answered
+            # A transferred call has no media channel any more, by design.
+            media_gone = call.ids.media_channel_id not in channel_ids and (
+                call.state is not CallState.TRANSFERRED
+            )
             if call.ids.caller_id not in in_app:
                 call.log.info("resync_caller_gone")
                 call.feed(HangupRequested("caller left while events were down", caller_gone=True))
-            elif call.state is not CallState.SETUP and call.ids.call_id in registry.active and (
-                call.ids.bridge_id not in bridge_ids or call.ids.media_channel_id not in channel_ids
+            elif (
+                call.state is not CallState.SETUP
+                and call.ids.call_id in registry.active
+                and (call.ids.bridge_id not in bridge_ids or media_gone)
             ):
                 call.log.warning("resync_media_path_gone")
                 call.feed(HangupRequested("bridge or media channel gone", fallback=True))
+            else:
+                owned: list[str] = getattr(call.machine, "owned_channels", list)()
+                for channel_id in owned:  # a transfer target, a snoop: their ends were lost
+                    if channel_id not in channel_ids:
+                        call.log.info("resync_channel_gone", gone_channel=channel_id)
+                        call.feed(ChannelVanished(channel_id))
         for bridge in sorted(bridges, key=lambda b: b.id):
             if (
                 bridge.id.startswith(f"{s.id_prefix}br-")
@@ -118,7 +138,7 @@ class Reconciler:
                 await self._sweep("bridge", bridge.id, rest.delete_bridge)
         for channel in channels:
             if (
-                channel.id.startswith((f"{s.id_prefix}em-", f"{s.id_prefix}out-"))
+                channel.id.startswith(tuple(f"{s.id_prefix}{kind}-" for kind in OUR_CHANNELS))
                 and channel.id in in_app
                 and channel.id not in registry.by_channel
             ):

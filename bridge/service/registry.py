@@ -1,7 +1,8 @@
 """The calls this process owns, and who may have another one (admission).
 
-Indexed three ways: by call id (the API's), by Asterisk channel (caller and media channel:
-most ARI events name a channel) and by bridge (BridgeDestroyed names only the bridge).
+Indexed three ways: by call id (the API's), by Asterisk channel (caller, media channel and
+the call's further channels: a transfer target, snoops; most ARI events name a channel, a
+Dial names its peer) and by bridge (BridgeDestroyed, a bridge's playback or recording).
 Only calls that were not rejected count as active; each remembers its transport, since only
 RTP calls hold a per-call resource (a UDP port).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 
-from ari.events import AriEvent, BridgeDestroyed, PlaybackFinished
+from ari.events import AriEvent, BridgeDestroyed, Dial, PlaybackFinished, RecordingEvent
 from bridge.call.runner import Call
 
 
@@ -51,11 +52,15 @@ class CallRegistry:
                 self.by_bridge[ids.bridge_id] = call
         self.all_idle.clear()
 
+    def bind(self, call: Call, channel_id: str) -> None:
+        """A further channel of `call`'s, about to be made: its events go to the call."""
+        self.by_channel[channel_id] = call
+
     def remove(self, call: Call) -> None:
         ids = call.ids
         self.calls.pop(ids.call_id, None)
         self.active.pop(ids.call_id, None)
-        for channel_id in (ids.caller_id, ids.media_channel_id):
+        for channel_id in (ids.caller_id, ids.media_channel_id, *call.channels):
             if self.by_channel.get(channel_id) is call:
                 del self.by_channel[channel_id]
         if self.by_bridge.get(ids.bridge_id) is call:
@@ -67,9 +72,12 @@ class CallRegistry:
         """The call an ARI event concerns, or None."""
         if isinstance(event, BridgeDestroyed):
             return self.by_bridge.get(event.bridge.id)
-        if isinstance(event, PlaybackFinished):
-            channel_id = event.channel_id
-            return self.by_channel.get(channel_id) if channel_id else None
+        if isinstance(event, PlaybackFinished | RecordingEvent):
+            kind, _, ident = event.target_uri.partition(":")
+            index = self.by_bridge if kind == "bridge" else self.by_channel
+            return index.get(ident) if ident else None
+        if isinstance(event, Dial):
+            return self.by_channel.get(event.peer.id)
         channel = getattr(event, "channel", None)
         return self.by_channel.get(channel.id) if channel is not None else None
 

@@ -12,8 +12,10 @@ and to the call's RTP format is the bridge's job (rtp.transcode.Transcoder), not
 
     bridge -> bot:  opening_messages(), encode_audio() per RTP payload, encode_dtmf(),
                     encode_mark() once a bot mark has been played, closing_messages()
-    bot -> bridge:  decode(message) -> BotAudio | BotClear | BotMark | BotIgnored,
-                    or BotProtocolError (counted, logged at debug, dropped: never the call)
+    bot -> bridge:  decode(message) -> BotAudio | BotClear | BotMark | BotIgnored |
+                    BotControl (the control messages every dialect shares,
+                    bridge.bot.control), or BotProtocolError (counted, logged, dropped:
+                    never the call)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Protocol, TypeAlias
 # 0.7 µs against json's 2.8 µs for a 20 ms media message; the same objects for valid JSON.
 from orjson import loads as _loads
 
+from bridge.bot.control import BotRequest, is_control, parse_control
 from bridge.errors import BotProtocolError
 from rtp.transcode import AudioSpec
 
@@ -100,7 +103,15 @@ class BotIgnored:
     reason: str
 
 
-BotEvent: TypeAlias = BotAudio | BotClear | BotMark | BotIgnored
+@dataclass(frozen=True, slots=True)
+class BotControl:
+    """A control message (bridge.bot.control): transfer, hangup with a cause, DTMF out,
+    record. Acted on once the audio the bot queued before it has played."""
+
+    request: BotRequest
+
+
+BotEvent: TypeAlias = BotAudio | BotClear | BotMark | BotIgnored | BotControl
 
 
 class BotDialect(Protocol):
@@ -223,6 +234,8 @@ def decode_stream_event(message: BotMessage, dialect: str, ignored: frozenset[st
     if event == "mark":
         mark = require_object(obj, "mark", "mark event")
         return BotMark(require_str(mark, "name", "mark event's 'mark'"))
+    if is_control(obj):
+        return BotControl(parse_control(obj))
     if event in ignored:
         return BotIgnored(f"{dialect} {event!r} event is not used by the bridge")
     raise BotProtocolError(f"unknown event {event[:64]!r}")

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 
+from bridge.bot.control import is_control, parse_control
 from bridge.bot.dialects.base import (
     DTMF_DIGITS,
     MAX_BOT_MESSAGE,
     BotAudio,
     BotClear,
+    BotControl,
     BotEvent,
     BotIgnored,
     BotMark,
@@ -114,6 +116,8 @@ class VonageDialect:
         if "event" not in obj:
             raise BotProtocolError("message has neither 'action' nor 'event'")
         event = obj["event"]
+        if is_control(obj):
+            return BotControl(parse_control(obj))
         if isinstance(event, str) and event in IGNORED_EVENTS:
             return BotIgnored(f"vonage {event!r} event is not used by the bridge")
         raise BotProtocolError(f"unknown event {_describe(event)}")

@@ -56,7 +56,9 @@ def finish(h: Harness, commands: list[Command]) -> None:
 
 def test_bot_away_is_in_the_table() -> None:
     assert CallState.BOT_AWAY in TRANSITIONS[CallState.UP]
-    assert TRANSITIONS[CallState.BOT_AWAY] == frozenset({CallState.UP, CallState.ENDING})
+    assert TRANSITIONS[CallState.BOT_AWAY] == frozenset(
+        {CallState.UP, CallState.TRANSFERRING, CallState.ENDING}
+    )
 
 
 def test_drop_redials_at_once_and_a_resumed_session_takes_the_call_back() -> None:

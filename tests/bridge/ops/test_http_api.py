@@ -53,6 +53,7 @@ class FakeCall:
 
     def __init__(self, call_id: str, state: CallState = CallState.UP) -> None:
         self.ids = CallIds(call_id, f"chan-{call_id}", f"br-{call_id}", f"em-{call_id}")
+        self.channels: set[str] = set()  # a transfer target, snoops
         self.state = state
         self.fed: list[object] = []
 
