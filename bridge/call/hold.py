@@ -1,12 +1,12 @@
 """What the caller hears while the bot is away: the runner's I/O for StartHold and StopHold.
 
-silence  nothing to do: the media leg sends silence whenever it has no bot audio, so the
-         RTP (or AudioSocket, chan_websocket) stream to Asterisk never stops
-tone     a soft comfort tone (`bridge.media.tone`), one burst per period pushed into the
-         leg, which paces it on the shared playout clock; cleared when the bot is back
-moh      Asterisk's music on hold on the caller's channel: POST /channels/{id}/moh, then
-         DELETE /channels/{id}/moh (ARI calls only; a call from the dialplan has no
-         channel to ask about, so it gets silence)
+    silence  nothing to do: the media leg sends silence whenever it has no bot audio, so the
+             RTP (or AudioSocket, chan_websocket) stream to Asterisk never stops
+    tone     a soft comfort tone (`bridge.media.tone`), one burst per period pushed into the
+             leg, which paces it on the shared playout clock; cleared when the bot is back
+    moh      Asterisk's music on hold on the caller's channel: POST /channels/{id}/moh, then
+             DELETE /channels/{id}/moh (ARI calls only; a call from the dialplan has no
+             channel to ask about, so it gets silence)
 """
 
 from __future__ import annotations
@@ -59,3 +59,4 @@ class CallerHold:
 
     def __repr__(self) -> str:
         return f"CallerHold({self.mode!r}, playing={self._timer is not None})"
+

@@ -50,9 +50,7 @@ class Controller:
     def __init__(self, settings: Settings, rest: AriRestClient | None = None) -> None:
         self.settings = settings
         self.rest = rest or AriRestClient(
-            settings.ari_url,
-            settings.ari_user,
-            settings.ari_password,
+            settings.ari_url, settings.ari_user, settings.ari_password,
             timeout=settings.rest_timeout,
         )
         self.ticker = Ticker()
@@ -66,8 +64,8 @@ class Controller:
             settings,
             self.ticker,
             on_dialplan_audiosocket=lambda uuid_, leg: self.outbound.audiosocket_call(uuid_, leg),
-            on_dialplan_websocket=lambda leg, params, start: self.outbound.websocket_call(
-                leg, params, start
+            on_dialplan_websocket=lambda leg, params, start: (
+                self.outbound.websocket_call(leg, params, start)
             ),
         )
         self.pool = self.media.pool

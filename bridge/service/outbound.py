@@ -312,17 +312,9 @@ class OutboundCalls:
             held = self._in_flight.pop(channel_id)
         number = _number(request.caller_id)
         leg = OutboundLeg(call_id, number, request.called, custom, float(request.timeout))
-        args = [
-            a
-            for a in (
-                "outbound",
-                call_id,
-                request.bot_url,
-                request.dialect and f"dialect={request.dialect}",
-                request.webhook_url and f"webhook_url={request.webhook_url}",
-            )
-            if a
-        ]
+        args = [a for a in ("outbound", call_id, request.bot_url,
+                            request.dialect and f"dialect={request.dialect}",
+                            request.webhook_url and f"webhook_url={request.webhook_url}") if a]
         call = self._factory.ari_call(replace(channel, caller_number=number), args,
                                         outbound=leg)  # fmt: skip
         if not call.finished.done():
