@@ -1,0 +1,437 @@
+"""A real Pipecat bot that transfers, hangs up and dials DTMF through the bridge (bridge.botkit).
+
+Served like echo_bot (its handshakes, its Twilio/Exotel/Vonage serializers, FastAPI + uvicorn
+on the caller's loop), with the serializer wrapped by botkit.with_bridge_replies so that the
+bridge's replies reach the pipeline. There is no TTS offline: the bot "speaks" tones.
+
+    on start               the greeting tone
+    DTMF transfer_digit    the "putting you through" tone, then transfer(target, mode)
+    transfer_failed        the "sorry" tone: the bot keeps the caller
+    DTMF "#"               hangup("normal")
+    DTMF "9"               dtmf("123#") to the caller's far end
+
+    Pipeline: transport.input() -> TransferBotProcessor -> transport.output()
+
+What each call saw and did is recorded in TransferCallStats, whose wait_*() a test awaits:
+
+    async with run_transfer_bot(target="PJSIP/1001", mode="attended") as bot:
+        connect(bot.url) ...
+        call = await bot.stats.next_call()
+        transfer = await call.wait_control("transfer")
+
+    python -m bridge.tools.demo.transfer_bot --port 8766 [--dialect vonage] [--target T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, WebSocket
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InputTransportMessageFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+    StartFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.transports.websocket.fastapi import (
+    FastAPIWebsocketParams,
+    FastAPIWebsocketTransport,
+)
+from pipecat.workers.runner import WorkerRunner
+
+from bridge import botkit
+
+# The echo bot's handshake and serializers, so that both bots meet the bridge alike.
+from bridge.tools.demo.echo_bot import (
+    CLOSE_BAD_HANDSHAKE,
+    DIALECTS,
+    PIPELINE_RATES,
+    WIRE_RATES,
+    WS_PATH,
+    EchoCallStats,
+    HandshakeRefused,
+    _close_quietly,
+    _handshake,
+    _serializer,
+    _Server,
+    quiet_pipecat_logs,
+)
+
+DEFAULT_TARGET = "PJSIP/1001"
+HANGUP_DIGIT = "#"
+DTMF_OUT_DIGIT = "9"
+DTMF_OUT = "123#"
+# What Pipecat delivers as InputDTMFFrames (it drops A-D).
+KEYPAD = "0123456789*#"
+# What the bot "says": (tone Hz, milliseconds). Each lasts whole 40 ms output chunks:
+# Pipecat's output transport holds a partial chunk back until more audio comes (and drops
+# it when the bot stops speaking), so a tail would reach the caller after the control
+# message queued behind it, or never.
+OUTPUT_CHUNK_MS = 40
+PROMPTS = {"greeting": (440, 200), "connecting": (660, 120), "sorry": (330, 200)}
+TONE_LEVEL = 8000
+
+
+def tone(frequency: int, ms: int, sample_rate: int) -> bytes:
+    """A sine tone as PCM16 little-endian at `sample_rate`, for an OutputAudioRawFrame."""
+    if ms <= 0 or ms % OUTPUT_CHUNK_MS:
+        raise ValueError(f"a prompt lasts whole {OUTPUT_CHUNK_MS} ms chunks, not {ms} ms")
+    n = np.arange(sample_rate * ms // 1000)
+    samples = np.round(TONE_LEVEL * np.sin(2 * np.pi * frequency * n / sample_rate))
+    return samples.astype("<i2").tobytes()
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPlan:
+    """What the bot asks the bridge for when the caller presses `transfer_digit`."""
+
+    target: str = DEFAULT_TARGET
+    mode: str = "blind"
+    transfer_digit: str = "0"
+    caller_id: str | None = None
+    timeout: int | None = None
+
+    def __post_init__(self) -> None:
+        self.message()  # botkit refuses what the bridge would
+        if len(self.transfer_digit) != 1 or self.transfer_digit not in KEYPAD:
+            raise ValueError(f"transfer digit must be one of {KEYPAD}, not {self.transfer_digit!r}")
+        if self.transfer_digit in (HANGUP_DIGIT, DTMF_OUT_DIGIT):
+            raise ValueError(
+                f"transfer digit {self.transfer_digit!r} is taken (# hangs up, 9 dials)"
+            )
+
+    def message(self) -> botkit.ControlMessage:
+        return botkit.transfer(
+            self.target, mode=self.mode, caller_id=self.caller_id, timeout=self.timeout
+        )
+
+
+@dataclass(slots=True, eq=False)
+class TransferCallStats:
+    """One connection. `call` is what echo_bot records of it (handshake, the caller's audio
+    and DTMF, `finished`); the rest is what this bot did."""
+
+    call: EchoCallStats
+    prompts: list[str] = field(default_factory=list)  # PROMPTS names, in the order queued
+    controls: list[dict[str, Any]] = field(default_factory=list)  # pushed towards the bridge
+    replies: list[dict[str, Any]] = field(default_factory=list)  # the bridge's, as received
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def wait_control(self, event: str, nth: int = 1) -> dict[str, Any]:
+        """The `nth` control message of `event` the bot pushed, once it has. Pushed means
+        queued: the transport sends it after the audio queued before it."""
+        await self._wait(lambda: len(_of(self.controls, event)) >= nth)
+        return _of(self.controls, event)[nth - 1]
+
+    async def wait_reply(self, event: str, nth: int = 1) -> dict[str, Any]:
+        """The `nth` reply of `event` the bot received from the bridge, once it has."""
+        await self._wait(lambda: len(_of(self.replies, event)) >= nth)
+        return _of(self.replies, event)[nth - 1]
+
+    async def wait_prompts(self, count: int) -> list[str]:
+        """The prompts queued, once there are at least `count` of them."""
+        await self._wait(lambda: len(self.prompts) >= count)
+        return list(self.prompts)
+
+    async def _wait(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+def _of(messages: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m.get("event") == event]
+
+
+class TransferBotStats:
+    """Every call the bot served, in connection order, and handshakes it refused."""
+
+    def __init__(self) -> None:
+        self.calls: list[TransferCallStats] = []
+        self.rejected: list[str] = []
+        self._started: asyncio.Queue[TransferCallStats] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"TransferBotStats(calls={len(self.calls)}, rejected={len(self.rejected)})"
+
+    def add_call(self, call: TransferCallStats) -> None:
+        self.calls.append(call)
+        self._started.put_nowait(call)
+
+    async def next_call(self) -> TransferCallStats:
+        """The next call whose handshake the bot accepted, waiting for it if need be."""
+        return await self._started.get()
+
+
+class TransferBotProcessor(FrameProcessor):
+    """Greets, then turns the caller's keys and the bridge's replies into tones and control
+    frames. Everything goes downstream in order, so a control frame follows the tone
+    queued before it out of the transport."""
+
+    def __init__(
+        self, stats: TransferCallStats, plan: TransferPlan, sample_rate: int, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._stats = stats
+        self._plan = plan
+        self._sample_rate = sample_rate
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            await self._say("greeting")
+        elif isinstance(frame, InputAudioRawFrame):
+            self._heard(frame)  # the caller's audio goes no further: nothing wants it
+        elif isinstance(frame, InputDTMFFrame):
+            await self._on_digit(frame.button.value)
+        elif isinstance(frame, InputTransportMessageFrame) and botkit.is_bridge_reply(
+            frame.message
+        ):
+            await self._on_reply(dict(frame.message))
+        else:
+            await self.push_frame(frame, direction)
+
+    def _heard(self, frame: InputAudioRawFrame) -> None:
+        call = self._stats.call
+        call.audio_frames += 1
+        call.audio_bytes += len(frame.audio) // 2
+        call.audio_arrived.set()
+
+    async def _on_digit(self, digit: str) -> None:
+        self._stats.call.dtmf_digits.append(digit)
+        if digit == self._plan.transfer_digit:
+            await self._say("connecting")
+            await self._send(botkit.control_frame(self._plan.message()))
+        elif digit == HANGUP_DIGIT:
+            await self._send(botkit.hangup_frame("normal"))
+        elif digit == DTMF_OUT_DIGIT:
+            await self._send(botkit.dtmf_frame(DTMF_OUT))
+
+    async def _on_reply(self, reply: dict[str, Any]) -> None:
+        self._stats.replies.append(reply)
+        self._stats.changed.set()
+        if reply["event"] == "transfer_failed":
+            await self._say("sorry")  # the caller stays with the bot
+
+    async def _say(self, prompt: str) -> None:
+        frequency, ms = PROMPTS[prompt]
+        audio = tone(frequency, ms, self._sample_rate)
+        await self.push_frame(
+            OutputAudioRawFrame(audio=audio, sample_rate=self._sample_rate, num_channels=1)
+        )
+        self._stats.prompts.append(prompt)
+        self._stats.changed.set()
+
+    async def _send(
+        self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame
+    ) -> None:
+        await self.push_frame(frame)
+        self._stats.controls.append(dict(frame.message))
+        self._stats.changed.set()
+
+
+def create_app(
+    *,
+    stats: TransferBotStats | None = None,
+    dialect: str = "twilio",
+    sample_rate: int | None = None,
+    plan: TransferPlan | None = None,
+) -> FastAPI:
+    """The bot's FastAPI app: WebSocket on /ws and /ws/{anything}; stats on app.state.stats.
+
+    `sample_rate` is the pipeline's (and an exotel stream's) rate; None: the dialect's."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+    rate = WIRE_RATES[dialect] if sample_rate is None else sample_rate
+    if rate not in PIPELINE_RATES:
+        raise ValueError(f"sample rate must be 8000 or 16000, not {rate!r}")
+    transfer_plan = plan if plan is not None else TransferPlan()
+    app = FastAPI()
+    app.state.stats = stats if stats is not None else TransferBotStats()
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await serve_call(websocket, app.state.stats, transfer_plan, dialect, rate)
+
+    app.add_api_websocket_route(WS_PATH, endpoint)
+    app.add_api_websocket_route(WS_PATH + "/{rest:path}", endpoint)
+    return app
+
+
+async def serve_call(
+    websocket: WebSocket,
+    stats: TransferBotStats,
+    plan: TransferPlan,
+    dialect: str = "twilio",
+    sample_rate: int = 8000,
+) -> None:
+    """One connection: the dialect's handshake as a stock bot reads it, then the bot."""
+    await websocket.accept()
+    try:
+        call = await _handshake(websocket, dialect)
+    except HandshakeRefused as exc:
+        stats.rejected.append(str(exc))
+        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
+        return
+    call_stats = TransferCallStats(call)
+    stats.add_call(call_stats)
+    serializer = botkit.with_bridge_replies(_serializer(call, sample_rate))
+    try:
+        await _run_bot(websocket, call_stats, serializer, sample_rate, plan)
+    finally:
+        call.finished.set()
+
+
+async def _run_bot(
+    websocket: WebSocket,
+    stats: TransferCallStats,
+    serializer: FrameSerializer,
+    sample_rate: int,
+    plan: TransferPlan,
+) -> None:
+    transport = FastAPIWebsocketTransport(
+        websocket=websocket,
+        params=FastAPIWebsocketParams(
+            serializer=serializer,
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=sample_rate,
+            audio_out_sample_rate=sample_rate,
+            add_wav_header=False,
+            allowed_origins=[],
+        ),
+    )
+    processor = TransferBotProcessor(stats, plan, sample_rate)
+    worker = PipelineWorker(
+        Pipeline([transport.input(), processor, transport.output()]),
+        # The serializer takes its PCM rate from here, not from the transport params.
+        params=PipelineParams(audio_in_sample_rate=sample_rate, audio_out_sample_rate=sample_rate),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+    )
+
+    # The bot never closes: after a hang-up or a transfer the bridge ends the connection.
+    @transport.event_handler("on_client_disconnected")
+    async def on_client_disconnected(_transport: Any, _websocket: Any) -> None:
+        stats.call.ended_by = stats.call.ended_by or "caller"
+        await worker.cancel()
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await runner.run()
+
+
+# Running it
+
+
+@dataclass(frozen=True, slots=True)
+class TransferBot:
+    """A running in-process transfer bot."""
+
+    url: str
+    host: str
+    port: int
+    stats: TransferBotStats
+
+
+@contextlib.asynccontextmanager
+async def run_transfer_bot(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    dialect: str = "twilio",
+    sample_rate: int | None = None,
+    *,
+    target: str = DEFAULT_TARGET,
+    mode: str = "blind",
+    transfer_digit: str = "0",
+    caller_id: str | None = None,
+    transfer_timeout: int | None = None,
+) -> AsyncIterator[TransferBot]:
+    """Serve the transfer bot on this loop until the block exits; port 0 picks a free port.
+    The transfer arguments are TransferPlan's, checked before anything listens."""
+    plan = TransferPlan(target, mode, transfer_digit, caller_id, transfer_timeout)
+    quiet_pipecat_logs()
+    stats = TransferBotStats()
+    app = create_app(stats=stats, dialect=dialect, sample_rate=sample_rate, plan=plan)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=5,
+    )
+    # Bind here so a taken port raises OSError to the caller (uvicorn would sys.exit).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="transfer-bot-server")
+    ready = asyncio.create_task(server.ready.wait())
+    try:
+        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            raise RuntimeError("transfer bot server stopped before listening")
+        bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
+        url = f"ws://{bound_host}:{bound_port}{WS_PATH}"
+        yield TransferBot(url, bound_host, bound_port, stats)
+    finally:
+        ready.cancel()
+        server.should_exit = True
+        await serving
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Pipecat transfer bot (Twilio, Exotel or Vonage)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--dialect", choices=DIALECTS, default="twilio")
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        choices=PIPELINE_RATES,
+        default=None,
+        help="pipeline (and exotel stream) rate; default: the dialect's (vonage 16000, else 8000)",
+    )
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="Tech/resource or exten@context")
+    parser.add_argument("--mode", choices=botkit.TRANSFER_MODES, default="blind")
+    parser.add_argument("--transfer-digit", default="0")
+    parser.add_argument("--caller-id", default=None)
+    parser.add_argument("--transfer-timeout", type=int, default=None, metavar="SECONDS")
+    parser.add_argument("--verbose", action="store_true", help="keep Pipecat's debug logs")
+    args = parser.parse_args(argv)
+    try:
+        plan = TransferPlan(
+            args.target, args.mode, args.transfer_digit, args.caller_id, args.transfer_timeout
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.verbose:
+        quiet_pipecat_logs()
+    app = create_app(dialect=args.dialect, sample_rate=args.sample_rate, plan=plan)
+    print(f"{args.dialect} transfer bot on ws://{args.host}:{args.port}{WS_PATH}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+
+
+if __name__ == "__main__":
+    main()
