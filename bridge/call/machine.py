@@ -865,6 +865,9 @@ class CallMachine(Outbox, BotRedial, CallTransfer, CallRecorder):
     def _handed_over(self) -> bool:
         return self.state is TRANSFERRED
 
+    def _transferring(self) -> bool:
+        return self.state is TRANSFERRING
+
     def _leave_bot_side(self) -> None:
         for kind in (K.BOT, K.HOLD, K.MEDIA_CHANNEL, K.MEDIA_LEG):
             self._teardown(kind)

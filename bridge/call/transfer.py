@@ -202,7 +202,7 @@ class CallTransfer:
         if delete is not None:
             self._emit_teardown(delete)
         t = self.transfer
-        if t is None or t.channel_id != cmd.channel_id:
+        if t is None or t.channel_id != cmd.channel_id or delete is not None:
             return
         if t.request.mode is TransferMode.BLIND or not self._bot_up():
             self._hand_over()
@@ -233,6 +233,8 @@ class CallTransfer:
         row = self.res[K.TARGET]
         if t is None or target_id != t.channel_id or row.life is not Life.UP or t.answered:
             return  # late, after we gave up on it: its delete is in flight
+        if not (self._transferring() or self._handed_over()):
+            return  # the call is draining or ending: its teardown deletes the target
         row.in_app = True
         t.answered, t.outcome = True, "answered"
         self._notify("transfer_answered", t.request.target)
@@ -310,8 +312,8 @@ class CallTransfer:
 
     def _hand_over(self) -> None:
         """The caller is the target's now: the bot and the media leave (exactly once)."""
-        if self._handed_over():
-            return
+        if not self._transferring():
+            return  # handed over already, or the call is ending
         self._transfer_state(handed_over=True)
         self._leave_bot_side()
         t = self.transfer
@@ -319,6 +321,9 @@ class CallTransfer:
             self._ringback(self.transfer_policy.ringback)
 
     def _handed_over(self) -> bool:
+        raise NotImplementedError
+
+    def _transferring(self) -> bool:
         raise NotImplementedError
 
     def _ringback(self, mode: str) -> None:

@@ -106,6 +106,8 @@ class VonageDialect:
                 raise BotProtocolError(f"frame of {len(message)} bytes exceeds {MAX_BOT_MESSAGE}")
             return BotAudio(message)
         obj = load_json_object(message, self.name)
+        if is_control(obj):  # before `action`: the record control message has one too
+            return BotControl(parse_control(obj))
         if "action" in obj:
             action = obj["action"]
             if action == "clear":
@@ -116,8 +118,6 @@ class VonageDialect:
         if "event" not in obj:
             raise BotProtocolError("message has neither 'action' nor 'event'")
         event = obj["event"]
-        if is_control(obj):
-            return BotControl(parse_control(obj))
         if isinstance(event, str) and event in IGNORED_EVENTS:
             return BotIgnored(f"vonage {event!r} event is not used by the bridge")
         raise BotProtocolError(f"unknown event {_describe(event)}")
