@@ -103,6 +103,17 @@ class CallerScript:
     echo: bool  # the far end echoed our audio (its inbound RTP is our own packets coming back)
 
 
+def _made_by_the_app(start: RecordedEvent) -> bool:
+    """A StasisStart of a channel the recording client created (see caller_stasis_starts)."""
+    name, args = start.channel_name, list(start.data.get("args") or [])
+    return (
+        name.startswith((*MEDIA_PREFIXES, "Snoop/"))
+        or name.endswith(";2")
+        or args[:1] in (["transfer"], ["snoop"])
+        or str(start.channel_id).startswith("xfer")
+    )
+
+
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -165,9 +176,14 @@ class Recording:
     # -- the calls in the recording --------------------------------------------------------
 
     def caller_stasis_starts(self) -> list[RecordedEvent]:
-        """StasisStart of every caller (not of the externalMedia channels), in arrival order."""
-        starts = self.events_of("StasisStart")
-        return [e for e in starts if not e.channel_name.startswith(MEDIA_PREFIXES)]
+        """StasisStart of every caller, in arrival order.
+
+        Not a caller: the externalMedia channels, and what the app made itself in the later
+        recordings (INDEX.md): transfer targets (`args ["transfer"]`, ids `xfer…`), snoops
+        (`Snoop/…`, `args ["snoop", …]`) and any `;2` half. Told apart by name and args, so
+        the older recordings (an originated `outbound,lab` caller included) keep their callers.
+        """
+        return [e for e in self.events_of("StasisStart") if not _made_by_the_app(e)]
 
     def caller_stasis_start(self, index: int = 0) -> RecordedEvent:
         starts = self.caller_stasis_starts()

@@ -1,0 +1,49 @@
+"""The later lab recordings (transfer, hang-up reasons, DTMF out, recording, snoop) as the loader
+reads them: which StasisStarts are callers, and the per-channel keying the digests use."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.tools.sim.recording import load_recording
+
+LATER = [
+    "transfer_originate_answer",
+    "transfer_originate_busy",
+    "transfer_originate_noanswer",
+    "transfer_create_dial_busy",
+    "hangup_reason",
+    "dtmf_to_caller",
+    "bridge_record_mixed",
+    "snoop_record",
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "callers"),
+    [
+        ("transfer_originate_answer", ["1796140189.1765"]),
+        ("transfer_create_dial_busy", ["1796140223.1780"]),
+        ("snoop_record", ["1796140325.1812"]),
+        ("hangup_reason", ["1796140233.1787", "1796140235.1790"]),
+        ("outbound_originate", ["1795313596.15"]),  # an originated caller stays a caller
+        ("concurrent", ["1795313604.19", "1795313604.25", "1795313604.18", "1795313604.23",
+                        "1795313604.21"]),
+    ],
+)  # fmt: skip
+def test_targets_snoops_and_halves_are_not_callers(scenario: str, callers: list[str]) -> None:
+    assert load_recording(scenario).caller_ids() == callers
+
+
+@pytest.mark.parametrize("scenario", LATER)
+def test_per_channel_keying_matches_the_digest(scenario: str) -> None:
+    recording = load_recording(scenario)
+    digest = {key.split(" ")[0]: value for key, value in recording.summary["per_channel"].items()}
+    assert recording.per_channel_types() == digest
+
+
+def test_the_caller_script_of_a_snooped_call_is_the_caller() -> None:
+    script = load_recording("snoop_record").caller_script()
+    assert script.caller_id == "1796140325.1812"
+    assert script.stasis_start.channel_name.startswith("Local/205@caller-")
+    assert script.inbound_rtp  # the beep, then the echo of the recorded 1300 Hz
