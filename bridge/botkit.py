@@ -76,7 +76,7 @@ TRANSFER_TIMEOUTS = range(1, 301)  # seconds; the bridge rings 20 s when none is
 RECORD_ACTIONS = ("start", "stop")
 RECORD_MODES = ("mixed", "tracks")
 MAX_TARGET = 256
-MAX_CALLER_ID = 256
+MAX_CALLER_ID = 128
 
 # Bridge -> bot.
 REPLY_EVENTS = ("transfer_ringing", "transfer_answered", "transfer_failed")
@@ -84,12 +84,14 @@ TRANSFER_FAILURE_CAUSES = ("busy", "no_answer", "congestion", "unavailable", "fa
 # Replies are a few dozen bytes; anything much larger is not one and is not parsed.
 MAX_REPLY = 4096
 
+# The bridge's own patterns (bridge.bot.control; this module may not import it).
 # Tech/resource is dialled: PJSIP/1001, Local/206@caller, PJSIP/5551234@trunk.
-_DIAL_TARGET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*/[!-~]+")
+_DIAL_TARGET = re.compile(r"[A-Za-z][A-Za-z0-9_-]*/[^\s,()&|]+")
 # exten@context continues the caller in the dialplan there: 206@caller.
-_DIALPLAN_TARGET = re.compile(r"[0-9A-Za-z*#+_.-]+@[0-9A-Za-z_-]+")
-# Dial strings chain endpoints with & and pass options after a comma: one endpoint only.
-_CHAINING = frozenset("&,")
+_DIALPLAN_TARGET = re.compile(r"[^\s@/,()&|]+@[A-Za-z0-9_.-]+")
+# Dial strings chain endpoints with & (| of old) and take options after a comma or in
+# parentheses: one endpoint only.
+_CHAINING = frozenset("&,()|")
 
 
 # Bot -> bridge: the messages
@@ -164,8 +166,10 @@ def _check_target(target: str, mode: str) -> None:
         raise ValueError(f"transfer mode must be blind or attended, not {mode!r}")
     if not isinstance(target, str) or not 0 < len(target) <= MAX_TARGET:
         raise ValueError(f"transfer target must be a string of 1 to 256 characters: {target!r}")
+    if not target.isprintable():
+        raise ValueError(f"transfer target must be printable: {target!r}")
     if _CHAINING & set(target):
-        raise ValueError(f"transfer target must be one endpoint, without & or ,: {target!r}")
+        raise ValueError(f"transfer target must be one endpoint, without & , ( ) |: {target!r}")
     if _DIAL_TARGET.fullmatch(target):
         return
     if not _DIALPLAN_TARGET.fullmatch(target):
@@ -182,7 +186,7 @@ def _check_target(target: str, mode: str) -> None:
 
 def _check_caller_id(caller_id: str) -> None:
     if not isinstance(caller_id, str) or not 0 < len(caller_id) <= MAX_CALLER_ID:
-        raise ValueError(f"caller_id must be a string of 1 to 256 characters: {caller_id!r}")
+        raise ValueError(f"caller_id must be a string of 1 to 128 characters: {caller_id!r}")
     if not caller_id.isprintable():
         raise ValueError(f"caller_id must be printable: {caller_id!r}")
 
