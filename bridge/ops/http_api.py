@@ -7,6 +7,9 @@
     DELETE /calls/{id}              202 view (hung up now, ended_by api) | 404 | 409 ending/ended
     POST   /calls                   202 (outbound call placed; its answer comes later) | 4xx/5xx
     POST   /calls/expected          201 (expected dialplan call) | 501 likewise
+    POST   /calls/{id}/transfer     202 view: as the bot's transfer message ({"target", "mode",
+                                    "caller_id", "timeout"}), after its queued audio | 400 |
+                                    404 | 409 (not up, or a dialplan call without ARI)
     GET    /metrics                 Prometheus text (the controller's BridgeMetrics) | 404
     POST   /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json   Status=completed
                                     Twilio-compatible hang-up, after the bot's audio played out
@@ -20,7 +23,8 @@ TwilioFrameSerializer(base_url=...) sends them. JSON in and out; errors are
 
 The API only reads the calls' read models (`Call.view()`, the observers' views of finished
 calls kept in `CallHistory`) and only ends calls that are in the controller's registry, by
-feeding them `HangupRequested`: it never touches an Asterisk channel itself.
+feeding them `HangupRequested` (or, for a transfer, the request the bot would send): it never
+touches an Asterisk channel itself.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from bridge.bot.control import parse_control
 from bridge.bot.dialects.base import stable_sid
 from bridge.call.commands import EndedBy, HangupRequested
 from bridge.call.machine import CallState
 from bridge.call.view import CallChange, CallView, Direction
-from bridge.errors import ConfigError
+from bridge.errors import BotProtocolError, ConfigError
 from bridge.logs import get_logger
 from bridge.media.factory import parse_listen
 from bridge.ops.history import CallHistory
@@ -64,6 +69,7 @@ TWILIO_PREFIX = "/2010-04-01/Accounts/"
 TWILIO_CALL_PATH = TWILIO_PREFIX + "{account_sid}/Calls/{call_sid:[^/.]+}.json"
 OPEN_PATHS = ("/healthz",)  # never behind the bearer token
 ENDING = (CallState.ENDING, CallState.ENDED)
+TRANSFER_FIELDS = frozenset({"target", "mode", "caller_id", "timeout"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -129,6 +135,7 @@ class HttpApi:
         app.router.add_post("/calls/expected", self._expect)
         app.router.add_get("/calls/{call_id}", self._get_call, allow_head=False)
         app.router.add_delete("/calls/{call_id}", self._hangup)
+        app.router.add_post("/calls/{call_id}/transfer", self._transfer)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
         app.router.add_post(TWILIO_CALL_PATH, self._twilio_update)
         return app
@@ -235,6 +242,32 @@ class HttpApi:
             return error(409, f"call {call_id!r} is {view.state.value} already")
         log.info("api_hangup", call_id=call_id, remote=request.remote)
         call.feed(HangupRequested("hung up through the API", by=EndedBy.API))
+        return json_response(202, call.view().to_json())
+
+    async def _transfer(self, request: web.Request) -> web.Response:
+        """What the bot's transfer message does (bridge.bot.control), after the audio the bot
+        queued has played: {"target", "mode", "caller_id", "timeout"}."""
+        call_id = request.match_info["call_id"]
+        body = parse_json_object(await _read_body(request))
+        unknown = sorted(set(body) - TRANSFER_FIELDS)
+        if unknown:
+            return error(400, f"unknown fields: {', '.join(unknown)}")
+        try:
+            transfer = parse_control({**body, "event": "transfer"})
+        except BotProtocolError as exc:
+            return error(400, str(exc))
+        call = self._controller.registry.get(call_id)
+        if call is None:
+            return error(404, f"no call {call_id!r}")
+        view = call.view()
+        if not view.channel_id:
+            return error(409, "a call from the dialplan alone cannot be transferred (no ARI)")
+        if view.state not in (CallState.UP, CallState.BOT_AWAY):
+            return error(409, f"call {call_id!r} is {view.state.value}: only a call that is "
+                              "up (or whose bot is away) can be transferred")  # fmt: skip
+        log.info("api_transfer", call_id=call_id, target=getattr(transfer, "target", ""),
+                 remote=request.remote)  # fmt: skip
+        call.request(transfer)
         return json_response(202, call.view().to_json())
 
     async def _originate(self, request: web.Request) -> web.Response:

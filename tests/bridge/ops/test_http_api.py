@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from bridge.bot.control import TransferMode, TransferRequest
 from bridge.bot.dialects.base import CallInfo
 from bridge.bot.dialects.twilio import TwilioDialect
 from bridge.call.commands import EndedBy, HangupRequested
@@ -75,6 +76,10 @@ class FakeCall:
         self.fed.append(event)
         if isinstance(event, HangupRequested):
             self.state = CallState.DRAINING if event.drain else CallState.ENDING
+
+    def request(self, request: object) -> None:
+        """A control request, queued behind the call's audio (Call.request)."""
+        self.fed.append(request)
 
 
 class FakeMetrics:
@@ -306,6 +311,41 @@ async def test_delete_of_a_call_ending_or_ended_is_409_and_unknown_404(served: S
     status, _, _ = await served.request("DELETE", "/calls/c3")
     assert status == 404
     assert ending.fed == []
+
+
+async def test_transfer_asks_the_call_as_the_bots_message_would(served: Served) -> None:
+    call = served.controller.add(FakeCall("c1"))
+    body = {"target": "PJSIP/1001", "mode": "attended", "timeout": 15}
+    status, answer, _ = await served.request("POST", "/calls/c1/transfer", json=body)
+    assert status == 202 and answer["id"] == "c1"
+    assert call.fed == [TransferRequest("PJSIP/1001", TransferMode.ATTENDED, "", 15)]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        ({"target": "PJSIP/1001", "agent": "x"}, 400, "unknown fields: agent"),
+        ({"target": "no target"}, 400, "neither Tech/resource nor exten@context"),
+        ({"target": "PJSIP/1001", "mode": "warm"}, 400, "'mode'"),
+    ],
+)
+async def test_transfer_refuses_bad_bodies(
+    served: Served, body: dict[str, object], status: int, text: str
+) -> None:
+    call = served.controller.add(FakeCall("c1"))
+    got, answer, _ = await served.request("POST", "/calls/c1/transfer", json=body)
+    assert got == status and text in answer["error"]
+    assert call.fed == []
+
+
+async def test_transfer_of_a_call_not_up_is_409_and_unknown_404(served: Served) -> None:
+    call = served.controller.add(FakeCall("c1", CallState.TRANSFERRING))
+    body = {"target": "PJSIP/1001"}
+    status, answer, _ = await served.request("POST", "/calls/c1/transfer", json=body)
+    assert status == 409 and "transferring" in answer["error"]
+    status, _, _ = await served.request("POST", "/calls/c9/transfer", json=body)
+    assert status == 404
+    assert call.fed == []
 
 
 async def test_wrong_method_is_405_with_a_json_error(served: Served) -> None:
