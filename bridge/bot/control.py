@@ -153,6 +153,8 @@ def _transfer(obj: Mapping[str, Any]) -> TransferRequest:
     target = obj.get("target")
     if not isinstance(target, str) or not 0 < len(target) <= MAX_TARGET:
         raise BotProtocolError(f"transfer needs a 'target' string of 1 to {MAX_TARGET} chars")
+    if not target.isprintable():
+        raise BotProtocolError("transfer 'target' holds unprintable characters")
     if not (DIALLED.fullmatch(target) or LOCATION.fullmatch(target)):
         raise BotProtocolError(
             f"transfer target {target[:64]!r} is neither Tech/resource nor exten@context"

@@ -85,6 +85,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from bridge.bot.control import TransferCause
 from bridge.call.commands import EndedBy
 from bridge.call.machine import CallState, StateChanged
 from bridge.call.view import CallChange, CallView
@@ -94,7 +95,11 @@ from bridge.media.ticker import LATENESS_BUCKETS
 P = "pipecat_bridge_"
 OUTCOMES = ("completed", "failed", "rejected")
 FAILURE_REASONS = ("bot_unreachable", "bot_dropped", "setup_failed", "setup_timeout",
-                   "media_failed", "asterisk_gone", "shutdown", "other")  # fmt: skip
+                   "media_failed", "asterisk_gone", "shutdown", "transfer_failed",
+                   "other")  # fmt: skip
+# A transfer's outcome (bridge.call.transfer): answered, or why it failed.
+TRANSFER_OUTCOMES = ("answered", *(c.value for c in TransferCause))
+RECORDING_STATES = ("done", "failed")
 REJECT_REASONS = ("full", "no_rtp_port", "draining", "bad_arguments", "transport_unavailable",
                   "orphaned", "other")  # fmt: skip
 BOT_FAILURES = {"bot_unreachable": "unreachable", "bot_dropped": "dropped"}
@@ -149,6 +154,7 @@ _FAILURE_PREFIXES = (
     ("bridge destroyed", "asterisk_gone"),
     ("bridge or media channel gone", "asterisk_gone"),
     ("bridge shutting down", "shutdown"),
+    ("transfer to ", "transfer_failed"),  # a blind transfer's target failed: the fallback
 )
 # "<Command> failed: ..." (or "ConnectBot failed" from a dialplan call).
 _FAILED_COMMANDS = {"connectbot": "bot_unreachable", "openmedia": "media_failed"}
@@ -231,6 +237,8 @@ class BridgeMetrics:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
         self.rejects = dict.fromkeys(REJECT_REASONS, 0)
+        self.transfers = dict.fromkeys(TRANSFER_OUTCOMES, 0)
+        self.recordings = dict.fromkeys(RECORDING_STATES, 0)
         self.setup = Buckets(SETUP_BUCKETS)
         self.duration = Buckets(DURATION_BUCKETS)
         self.talk = Buckets(DURATION_BUCKETS)
@@ -259,6 +267,16 @@ class BridgeMetrics:
         self.outcomes[result] += 1
         # Its counters move from the live sum to the totals, whatever the outcome.
         _add_counters(self.finished, view.transport, view.media)
+        if view.transfer is not None:
+            # Only the call's latest transfer is in its view: a failed one retried counts
+            # once, as its last outcome.
+            done = view.transfer.get("outcome", "")
+            key = "answered" if done == "answered" else done.removeprefix("failed: ")
+            if key in self.transfers:
+                self.transfers[key] += 1
+        for recording in view.recordings:
+            if recording.get("state") in self.recordings:
+                self.recordings[recording["state"]] += 1
         if result == "rejected":
             self.rejects[reject_reason(view)] += 1
             return
@@ -317,6 +335,10 @@ class _Collector:
         yield _labelled_counter("calls_rejected", "Refused calls, by reason.", "reason", m.rejects)
         bot = {kind: m.failures[reason] for reason, kind in BOT_FAILURES.items()}
         yield _labelled_counter("bot_failures", "Calls whose bot failed.", "reason", bot)
+        yield _labelled_counter("transfers", "Transfers of ended calls, by outcome (a call's "
+                                "latest).", "outcome", m.transfers)  # fmt: skip
+        yield _labelled_counter("recordings", "Recordings of ended calls, by final state.",
+                                "state", m.recordings)  # fmt: skip
         yield histogram(P + "call_setup_seconds", "Start to UP.", m.setup.bounds,
                         m.setup.counts, m.setup.sum)  # fmt: skip
         yield histogram(P + "call_duration_seconds", "Start to end.", m.duration.bounds,

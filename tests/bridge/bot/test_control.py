@@ -61,6 +61,7 @@ def test_defaults_and_targets() -> None:
     [
         ({"event": "transfer"}, "needs a 'target'"),
         ({"event": "transfer", "target": "PJSIP/1001 & PJSIP/1002"}, "neither"),
+        ({"event": "transfer", "target": "PJSIP/10\x0001"}, "unprintable"),
         ({"event": "transfer", "target": "PJSIP/1001", "mode": "warm"}, "'mode'"),
         ({"event": "transfer", "target": "PJSIP/1001", "timeout": 0}, "'timeout'"),
         ({"event": "transfer", "target": "PJSIP/1001", "timeout": True}, "'timeout'"),
