@@ -231,7 +231,11 @@ class CallTransfer:
     def _target_answered(self, target_id: str) -> None:
         t = self.transfer
         row = self.res[K.TARGET]
-        if t is None or target_id != t.channel_id or row.life is not Life.UP or t.answered:
+        if t is None or target_id != t.channel_id or t.answered:
+            return
+        if row.life is Life.CREATING:
+            row.life = Life.UP  # it answered before the originate's answer reached us
+        elif row.life is not Life.UP:
             return  # late, after we gave up on it: its delete is in flight
         if not (self._transferring() or self._handed_over()):
             return  # the call is draining or ending: its teardown deletes the target

@@ -399,3 +399,27 @@ def test_a_transfer_while_the_bot_is_away_is_blind() -> None:
     (originate,) = request(h, TransferMode.ATTENDED)
     h.done(originate)
     assert h.machine.state is CallState.TRANSFERRED
+
+
+def test_target_events_before_the_originates_answer_are_not_lost() -> None:
+    # Asterisk sends the target's first events within a millisecond of its 200: they can
+    # reach us before the REST answer does.
+    h = up("transfer_originate_answer")
+    (originate,) = request(h, TransferMode.BLIND)
+    feed_until(h, target_events(h, "transfer_originate_answer"), r'"type":"StasisStart"')
+    out = h.take()
+    assert AddChannels in types(out)
+    h.done(originate)
+    assert h.machine.state is CallState.TRANSFERRED
+    for cmd in out + h.take():
+        h.done(cmd)
+    assert h.machine.res[ResourceKind.TARGET].joined
+    # busy before the answer: the target is deleted once the answer says it exists
+    h = up("transfer_originate_busy")
+    (originate,) = request(h, TransferMode.BLIND, "Local/207@caller")
+    feed_until(h, target_events(h, "transfer_originate_busy"), r'"dialstatus":"BUSY"')
+    assert h.machine.state is CallState.UP
+    assert not any(isinstance(c, HangupChannel) for c in h.take())
+    h.done(originate)
+    (delete,) = h.take()
+    assert isinstance(delete, HangupChannel) and delete.channel_id == TARGET_ID
