@@ -307,7 +307,20 @@ def required_modules(s: Settings) -> tuple[dict[str, str], dict[str, str]]:
             wanted.update({m: flag for m in LISTENER_MODULES[flag] if m not in needed})
     if s.fallback_sound:
         wanted["res_stasis_playback"] = "--fallback-sound"
+    if "ring" in (s.transfer_ringback, s.transfer_attended_ringback):
+        wanted["res_stasis_playback"] = "transfer ring-back"
+    # A bot may ask to record even with --record none.
+    wanted["res_stasis_recording"] = "recording"
+    wanted["res_stasis_snoop"] = "recording tracks"
     return needed, wanted
+
+
+def check_transfer(s: Settings) -> Result:
+    if s.transfer_allow == ("*",):
+        return warn("--transfer-allow is * : a bot may transfer the caller to any target",
+                    "list the targets bots may dial, e.g. --transfer-allow 'PJSIP/1*,"
+                    "Local/*@agents' (an LLM-driven bot must not reach your trunks)")  # fmt: skip
+    return ok(f"transfer targets limited to {', '.join(s.transfer_allow)}")
 
 
 def check_modules(s: Settings, modules: Mapping[str, str]) -> list[Result]:
@@ -440,6 +453,7 @@ def evaluate(s: Settings, facts: Facts) -> list[Result]:
                 results.append(check_app(s, ari.applications))
         results.append(check_rtp_ports(s, facts))
         results.append(check_rtp_host(s, facts))
+        results.append(check_transfer(s))
     for listener in facts.listeners:
         results.extend(check_listener(s, listener, facts))
     results.extend(check_bot(bot) for bot in facts.bots)

@@ -271,7 +271,8 @@ async def run(sim: SimulatedAsterisk, *flags: str, tmp_path: Path, headers: bool
         path.chmod(0o600)
         env["BRIDGE_BOT_HEADERS_FILE"] = str(path)
     argv = ["check", "--ari-url", sim.base_url, "--audiosocket-listen", "127.0.0.1:0",
-            "--websocket-listen", "127.0.0.1:0", *flags]  # fmt: skip
+            "--websocket-listen", "127.0.0.1:0", "--transfer-allow", "PJSIP/1*,Local/*@agents",
+            *flags]  # fmt: skip
     out = io.StringIO()
     code = await run_check(parse_settings(argv, env), etc, out)
     text = out.getvalue()
@@ -293,7 +294,18 @@ async def test_all_good_exits_0(sim: SimulatedAsterisk, bot: Server, tmp_path: P
     assert f"OK    --rtp-ports 20000-20999 clear of {tmp_path}/rtp.conf rtpstart-rtpend " \
            "10000-10999" in lines  # fmt: skip
     assert f"OK    bot {bot_url(bot)} accepts a WebSocket" in lines
-    assert lines[-1] == "0 failed, 0 warning(s), 9 checks"
+    assert "OK    transfer targets limited to PJSIP/1*, Local/*@agents" in lines
+    assert lines[-1] == "0 failed, 0 warning(s), 10 checks"
+
+
+async def test_any_transfer_target_is_a_warning(
+    sim: SimulatedAsterisk, bot: Server, tmp_path: Path
+) -> None:
+    code, lines = await run(sim, "--bot-url", bot_url(bot), "--transfer-allow", "*",
+                            tmp_path=tmp_path)  # fmt: skip
+    assert code == 0
+    (line,) = only(lines, "WARN")
+    assert line.startswith("WARN  --transfer-allow is * : a bot may transfer the caller")
 
 
 async def test_wrong_password_is_the_401_line(
