@@ -184,6 +184,7 @@ class SimulatedAsterisk(AsteriskOriginate):
                 ("GET", r"/ari/asterisk/modules", self.system.list_modules),
                 ("GET", r"/ari/asterisk/modules/(?P<name>[^/]+)", self.system.get_module),
                 ("GET", r"/ari/asterisk/variable", self.system.get_global_var),
+                ("POST", r"/ari/asterisk/variable", self.system.set_global_var),
                 ("POST", r"/ari/events/claim", self._claim),
             )
         ]

@@ -12,6 +12,9 @@ so from Asterisk 23.4.1's `res/ari/resource_asterisk.c`, `main/loader.c` and
 * `GET /asterisk/variable?variable=NAME`: a global variable, or a built-in such as
   `ASTETCDIR` (the config directory): 200 `{"value": ...}`, an unset one `{"value": ""}` (not a
   404, unlike a channel variable); no name: 400 "Variable name is required";
+* `POST /asterisk/variable?variable=NAME&value=V`: sets the global (`pbx_builtin_setvar_helper`
+  with no channel), 204; without `value` the global is removed (reads as `""` again); no name:
+  400 as for GET (`ast_ari_asterisk_set_global_var`);
 * `GET /asterisk/info?only=system,build`: only those parts, in the recorded order.
 
 Knobs: `version` (what `/asterisk/info` and the `Server` header say: an older Asterisk),
@@ -91,6 +94,16 @@ class SimSystem:
         if not name:
             return error_reply(400, "Variable name is required")
         return Reply(200, {"value": self.variables.get(name, "")})
+
+    async def set_global_var(self, q: dict[str, str]) -> Reply:
+        name = q.get("variable")
+        if not name:
+            return error_reply(400, "Variable name is required")
+        if "value" in q:
+            self.variables[name] = q["value"]
+        else:  # a NULL value: pbx_builtin_setvar_helper deletes the variable
+            self.variables.pop(name, None)
+        return Reply(204)
 
 
 def _recorded_body(recording: Any, path: str) -> Any:

@@ -74,6 +74,22 @@ async def test_global_variables(sim: SimulatedAsterisk, ari: Ari) -> None:
     assert anonymous.status == 401
 
 
+async def test_global_variables_are_set_and_removed_by_post(
+    sim: SimulatedAsterisk, ari: Ari
+) -> None:
+    path = "/ari/asterisk/variable"
+    put = await ari.request("POST", path, variable="PIPECAT_X", value="1 a b")
+    assert (put.status, put.text) == (204, "")
+    assert (await ari.request("GET", path, variable="PIPECAT_X")).body == {"value": "1 a b"}
+    emptied = await ari.request("POST", path, variable="PIPECAT_X", value="")
+    assert emptied.status == 204 and sim.system.variables["PIPECAT_X"] == ""
+    removed = await ari.request("POST", path, variable="PIPECAT_X")  # no value: deleted
+    assert removed.status == 204 and "PIPECAT_X" not in sim.system.variables
+    assert (await ari.request("GET", path, variable="PIPECAT_X")).body == {"value": ""}
+    nameless = await ari.request("POST", path, value="x")
+    assert (nameless.status, nameless.body) == (400, {"message": "Variable name is required"})
+
+
 async def test_an_older_version(sim: SimulatedAsterisk, ari: Ari) -> None:
     sim.system.version = "20.15.2"
     info = await ari.request("GET", "/ari/asterisk/info")
