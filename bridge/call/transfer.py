@@ -10,6 +10,8 @@ added to the call's bridge. How a failure shows (recorded: transfer_originate_*)
     congestion,   Dial CONGESTION / CHANUNAVAIL, or the ChannelDestroyed cause (34, 1, ...)
     unreachable
     refused       the originate's HTTP answer (an unknown technology: 500)
+    no extension  a Local target whose extension does not exist: destroyed (cause 0) before
+                  any Dial event (synthetic_transfer_originate_unavailable): unavailable
 
 so both signals are used, and a deadline a little past the ring timeout guards against lost
 events. The target is a row of the call's table (TARGET): teardown deletes it like any other.
@@ -105,6 +107,7 @@ class TransferAttempt:
     deadline: float
     back_to: object  # the state to return to if it fails (UP, or BOT_AWAY)
     ringing: bool = False  # transfer_ringing sent
+    dialled: bool = False  # a Dial event came for it (an unreachable Local target has none)
     answered: bool = False  # its StasisStart came
     cause: TransferCause | None = None  # from a Dial status, before its ChannelDestroyed
     outcome: str = ""  # "", answered, failed: <cause>
@@ -219,6 +222,7 @@ class CallTransfer:
         if t is None or event.peer.id != t.channel_id or t.answered:
             return
         status = event.dialstatus
+        t.dialled = True
         if status == "RINGING" and not t.ringing:
             t.ringing = True
             self._notify("transfer_ringing", t.request.target)
@@ -272,7 +276,10 @@ class CallTransfer:
             return False
         if isinstance(event, ChannelDestroyed):
             why = f"target gone, cause {event.cause} {event.cause_txt}".rstrip()
-            self._target_gone(_CAUSES.get(event.cause), why)
+            # Gone before any Dial event: Asterisk could not even start dialling it (a Local
+            # target whose extension does not exist: cause 0 on both halves, no Dial).
+            undialled = TransferCause.UNAVAILABLE if not t.dialled else None
+            self._target_gone(_CAUSES.get(event.cause) or undialled, why)
         elif isinstance(event, StasisEnd):
             self._target_gone(None, "target left the app")
         return True  # a hang-up request: its StasisEnd or ChannelDestroyed follows
