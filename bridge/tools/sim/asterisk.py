@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -71,7 +72,6 @@ from bridge.tools.sim.faults import Fault, FaultTable
 from bridge.tools.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
 from bridge.tools.sim.originate import AsteriskOriginate
 from bridge.tools.sim.recording import FIXTURES_DIR
-from bridge.tools.sim.system import SimSystem
 from bridge.tools.sim.templates import Reply, dumps, error_reply
 
 __all__ = [
@@ -144,8 +144,6 @@ class SimulatedAsterisk(AsteriskOriginate):
             history=history,
         )
         self.user, self.password = user, password
-        # /asterisk/info, modules, global variables; the version and modules knobs.
-        self.system = SimSystem(fixtures_dir)
         self.port = port
         self.requests: list[SimRequest] = []
         self._sockets: list[_EventSocket] = []
@@ -163,8 +161,12 @@ class SimulatedAsterisk(AsteriskOriginate):
                 ("POST", r"/ari/channels/externalMedia", self._external_media),
                 ("GET", r"/ari/channels", self._list_channels),
                 ("POST", r"/ari/channels", self._originate),
+                ("POST", r"/ari/channels/create", self._create),
                 ("GET", r"/ari/channels/(?P<cid>[^/]+)", self._get_channel),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)", self._originate),
                 ("DELETE", r"/ari/channels/(?P<cid>[^/]+)", self._delete_channel),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/dial", self._dial_created),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/dtmf", self._send_dtmf),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/answer", self._answer),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/continue", self._continue),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/play", self._play_media),
@@ -434,7 +436,7 @@ class SimulatedAsterisk(AsteriskOriginate):
                 body = await request.json()
             except ValueError:
                 body = None  # Asterisk answers a broken body 400; nothing here sends one
-            for key, value in (body.items() if isinstance(body, dict) else ()):
+            for key, value in body.items() if isinstance(body, dict) else ():
                 query.setdefault(key, value if isinstance(value, str) else dumps(value))
         entry = SimRequest(request.method, request.path, query, t=self._running_loop().time())
         if self._history:
@@ -469,7 +471,9 @@ class SimulatedAsterisk(AsteriskOriginate):
             elif request.method == "GET" and request.path == "/ari/events":
                 return await self._events_socket(request, query, entry)
             else:
-                reply = await self._dispatch(request.method, request.path, query)
+                # Routed on the raw path: a recording name's `/` travels as %2F in one segment.
+                raw_path = request.rel_url.raw_path
+                reply = await self._dispatch(request.method, raw_path, query)
                 if fault is not None and fault.reply is not None:  # acted on, answers an error
                     reply = replace(fault.reply, after=reply.after)
         entry.status = reply.status
@@ -493,7 +497,8 @@ class SimulatedAsterisk(AsteriskOriginate):
                 continue
             matched = True
             if route_method == method:
-                return await handler(query, **found.groupdict())
+                params = {key: unquote(value) for key, value in found.groupdict().items()}
+                return await handler(query, **params)
         if matched:
             return error_reply(405, "Invalid method")
         return error_reply(404, "Resource not found")
@@ -507,6 +512,10 @@ class SimulatedAsterisk(AsteriskOriginate):
             headers["Location"] = reply.location
         if reply.body is None:
             return web.Response(status=reply.status, reason=reason, headers=headers)
+        if isinstance(reply.body, bytes):  # a stored recording's file
+            headers["Content-Type"] = reply.content_type or "application/octet-stream"
+            return web.Response(status=reply.status, reason=reason, body=reply.body,
+                                headers=headers)  # fmt: skip
         headers["Content-Type"] = "application/json"
         text = reply.body if isinstance(reply.body, str) else dumps(reply.body)
         return web.Response(status=reply.status, reason=reason, body=text.encode(), headers=headers)

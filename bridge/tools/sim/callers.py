@@ -16,6 +16,7 @@ from bridge.tools.sim.core import SimChannel
 from bridge.tools.sim.media import SimCall
 from bridge.tools.sim.recording import CallerScript, load_recording
 from bridge.tools.sim.resources import AsteriskResources
+from bridge.tools.sim.targets import far_end_answered, far_exten
 from bridge.tools.sim.templates import build_timeline, format_timestamp
 
 
@@ -140,14 +141,16 @@ class AsteriskCallers(AsteriskResources):
             dialplan=("caller", local.split("/")[1].split("@")[0], 2, "Playback", "demo-congrats"),
         )  # fmt: skip
         use_echo = script.echo if echo is None else echo
-        timeline = build_timeline(script, self._rng, audio, audio_start, hangup_after, use_echo,
-                                  audio_format)
+        timeline = build_timeline(
+            script, self._rng, audio, audio_start, hangup_after, use_echo, audio_format
+        )
         call = SimCall(self._running_loop(), scenario, caller.id, caller.name, call_args, use_echo,
                        timeline)  # fmt: skip
         caller.call = half.call = call
         self.channels[caller.id], self.channels[half.id] = caller, half
         self.calls.append(call)
         self.counts["callers"] += 1
+        far_end_answered(far_exten(caller.name), self.system.variables)
         return call, caller
 
     def _script(self, scenario: str) -> CallerScript:

@@ -54,6 +54,36 @@ def c_atol(text: str | None) -> int:
     return int(found.group(1)) if found else 0
 
 
+DTMF_DIGITS = frozenset("0123456789*#abcdABCD")
+MIN_DTMF_MS = 100  # AST_DEFAULT_EMULATE_DTMF_DURATION (main/channel.c)
+
+
+def dtmf_schedule(digits: str, before: int, between: int, duration: int, after: int
+                  ) -> tuple[list[tuple[float, str]], float]:  # fmt: skip
+    """When each digit of `POST /channels/{id}/dtmf` ends (seconds from the command's start),
+    and when the command is done: main/app.c dtmf_stream() after control.c's `before` sleep.
+
+    100 ms of quiet first; a digit lasts `duration` ms (at least 100: ast_senddigit), then
+    `between` ms (0 means 100); `w` waits 0.5 s, `W` 1 s; `f` is a flash (no digit); anything
+    else is skipped with a warning. dtmf_to_caller: `123#`, 150 / 200 -> 0.25 ... 1.30 s.
+    """
+    gap = (between or 100) / 1000
+    length = max(duration, MIN_DTMF_MS) / 1000
+    t = max(before, 0) / 1000 + 0.1
+    ends: list[tuple[float, str]] = []
+    for char in digits:
+        if char == "w":
+            t += 0.5
+        elif char == "W":
+            t += 1.0
+        elif char in "fF":
+            t += gap
+        elif char in DTMF_DIGITS:
+            ends.append((t + length, char))
+            t += length + gap
+    return ends, t + max(after, 0) / 1000
+
+
 def state_invalid(state: str) -> Reply | None:
     """resource_channels.c channel_state_invalid(): 412 for a channel not yet up outbound."""
     if state in INVALID_STATES:

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge.tools.sim import links
+from bridge.tools.sim.causes import NORMAL, cause_txt
 from bridge.tools.sim.control import SimPlayback, Target, playback_outcome
 from bridge.tools.sim.media import EmMedia, SimCall
 from bridge.tools.sim.recording import TimedDtmf
+from bridge.tools.sim.system import SimSystem
+from bridge.tools.sim.targets import far_end_hung_up, far_exten
 from bridge.tools.sim.templates import EchoStream, Templates, format_timestamp
 
 ASTERISK_ID = "02:fc:00:00:00:01"
@@ -40,7 +43,9 @@ CHANNELVARS = ("UNICASTRTP_LOCAL_PORT", "UNICASTRTP_LOCAL_ADDRESS")  # recorded 
 class SimChannel:
     id: str
     name: str
-    kind: str  # "caller" (dialplan -> Stasis), "local" (its ;2 half), "media" (ExternalMedia)
+    # "caller" (dialplan -> Stasis, or an originated ;1), "local" (its ;2 half), "media"
+    # (ExternalMedia), "snoop" (POST /channels/{id}/snoop)
+    kind: str
     state: str
     caller: tuple[str, str]  # (name, number)
     connected: tuple[str, str]
@@ -63,29 +68,60 @@ class SimChannel:
     moh: str | None = None  # the music on hold class playing to it (POST .../moh), if any
     queued: deque[Callable[[], None]] = field(default_factory=deque)  # Stasis commands waiting
     app: str = ""  # the app whose Stasis it is in ("": the simulator's `app`)
+    dtmf_end: asyncio.TimerHandle | None = None  # POST .../dtmf still playing its digits
+    spied: str | None = None  # a snoop: the channel it spies on
+    spy: str = "none"  # a snoop: "in", "out" or "both"
+
+    @property
+    def busy(self) -> bool:
+        """A Stasis command (playback, DTMF) is running: the next ones wait (control.c)."""
+        return self.playback is not None or self.dtmf_end is not None
 
     def cancel_timers(self) -> None:
-        for handle in (self.pending_start, self.playback_end):
+        for handle in (self.pending_start, self.playback_end, self.dtmf_end):
             if handle is not None:
                 handle.cancel()
-        self.pending_start = self.playback_end = None
+        self.pending_start = self.playback_end = self.dtmf_end = None
 
 
 @dataclass(eq=False, slots=True)
 class SimBridge:
+    """A bridge. `channels` are its members as ARI lists them (in join order); `order` is
+    Asterisk's own list of members (main/bridge.c), hidden ones included (a Recorder or an
+    Announcer, by channel name in `hidden`): it orders the BRIDGEPEER lists."""
+
     id: str
     name: str
     bridge_type: str
     creationtime: str
     channels: list[str] = field(default_factory=list)
     app: str = ""  # the app subscribed to it: its first member's ("": the simulator's `app`)
+    order: list[str] = field(default_factory=list)  # channel ids and hidden member names
+    hidden: set[str] = field(default_factory=set)
+    technology: str = ""  # as of the last reconfiguration (see bridge_technology)
+    resend_peers: bool = False  # a snoop attached: BRIDGEPEER again when audio starts
 
-    @property
-    def technology(self) -> str:
-        # Smart bridging: two members are passed through, a third one needs mixing (facts §4).
-        if self.bridge_type == "holding":
-            return "holding_bridge"
-        return "simple_bridge" if len(self.channels) <= 2 else "softmix"
+    def __post_init__(self) -> None:
+        self.technology = self.technology or bridge_technology(self.bridge_type, 0)
+
+
+def bridge_technology(bridge_type: str, members: int) -> str:
+    """Smart bridging: two members are passed through, a third one needs mixing (facts §4);
+    a hidden Recorder or Announcer counts as a member (bridge_record_mixed)."""
+    if bridge_type == "holding":
+        return "holding_bridge"
+    return "simple_bridge" if members <= 2 else "softmix"
+
+
+MAX_BRIDGEPEER = 10  # names in one BRIDGEPEER list (set_bridge_peer_vars_multiparty)
+
+
+def bridge_peer_values(names: list[str]) -> list[str]:
+    """Each member's BRIDGEPEER, in `names` order: the other member, or the others' names."""
+    if len(names) == 2:
+        return [names[1], names[0]]
+    listed = names[: MAX_BRIDGEPEER + 1]
+    return [",".join(n for j, n in enumerate(listed) if j != i) for i in range(len(names))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +165,8 @@ class AsteriskCore(ABC):
         self._rtp_ports = rtp_ports
         self._rng = random.Random(seed)
         self._templates = Templates.from_recordings(fixtures_dir)
+        # /asterisk/info, modules, global variables; the version and modules knobs.
+        self.system = SimSystem(fixtures_dir)
         self._history = history
         self.events_sent: list[str] = []
         self.event_times: list[float] = []  # loop.time() of each entry of events_sent
@@ -167,7 +205,8 @@ class AsteriskCore(ABC):
         call.em_channel_id, call.bridge_id, call.media = em.id, bridge.id, em.media
         if call.echo and em.media is not None:
             ssrc, seq = self._rng.getrandbits(32), self._rng.getrandbits(16)
-            em.media.echo = EchoStream(ssrc=ssrc, seq=seq)
+            call.echo_stream = EchoStream(ssrc=ssrc, seq=seq)
+            self._update_echo(bridge)
         if em.link is not None:
             links.set_echo(em.link, em.fmt, call.echo)
         call.start(loop.time(), self._play)
@@ -179,11 +218,8 @@ class AsteriskCore(ABC):
             return
         em = self.channels.get(call.em_channel_id or "")
         relayed = em is not None and caller.bridge_id == em.bridge_id  # both still members
-        if kind == "rtp" and em is not None and relayed:
-            if em.media is not None:
-                em.media.send(payload)  # simple_bridge relays only while both are members
-            elif em.link is not None:
-                links.play(em.link, em.fmt, payload)
+        if kind == "rtp":
+            self._far_end_rtp(caller, payload)
         elif kind == "dtmf" and isinstance(payload, TimedDtmf):
             self._emit("ChannelDtmfReceived", caller, digit=payload.digit,
                        duration_ms=payload.duration_ms)  # fmt: skip
@@ -192,6 +228,22 @@ class AsteriskCore(ABC):
                 links.dtmf(em.link, payload.digit)  # the bridge passes DTMF frames to the peer
         elif kind == "hangup":
             self._hangup(caller, "far")
+
+    def _far_end_rtp(self, ch: SimChannel, packet: bytes) -> None:
+        """One packet from `ch`'s far end (a caller's or an answered target's): a simple_bridge
+        relays it to the UnicastRTP member it shares the bridge with, as Asterisk does."""
+        call = ch.call
+        em = self.channels.get(call.em_channel_id or "") if call is not None else None
+        if em is None or ch.bridge_id is None or ch.bridge_id != em.bridge_id:
+            return
+        if em.media is not None:
+            em.media.send(packet)
+        elif em.link is not None:
+            links.play(em.link, em.fmt, packet)
+
+    def _bot_audio(self, em: SimChannel, packet: bytes) -> None:  # noqa: B027 (a hook)
+        """One packet the app sent on a UnicastRTP channel and Asterisk accepted (a hook for
+        mixing and recording; the echo of a simple_bridge is the media socket's own)."""
 
     # -- events ----------------------------------------------------------------------------
 
@@ -270,14 +322,14 @@ class AsteriskCore(ABC):
         self._leave_bridge(ch)  # addChannel moves a channel out of its old bridge (errors)
         bridge.app = bridge.app or ch.app
         bridge.channels.append(ch.id)
+        bridge.order.append(ch.id)
         ch.bridge_id = bridge.id
+        # The snapshot still names the old technology: the bridge reconfigures after the join.
         self._emit("ChannelEnteredBridge", ch, bridge=self._bridge_snapshot(bridge))
-        if len(bridge.channels) != 2:
+        self._reconfigure(bridge, joined=ch.id)
+        if len(bridge.order) != 2 or bridge.hidden:
             return
-        first = self.channels[bridge.channels[0]]
-        for who, peer in ((first, ch), (ch, first)):
-            who.has_peer, who.variables["BRIDGEPEER"] = True, peer.name
-            self._emit("ChannelVarset", who, variable="BRIDGEPEER", value=peer.name)
+        first = self.channels[bridge.order[0]]
         ch.connected, first.connected = first.caller, ch.caller
         self._emit("ChannelConnectedLine", ch)  # the newcomer first: 4 of 5 recordings
         self._emit("ChannelConnectedLine", first)
@@ -288,19 +340,75 @@ class AsteriskCore(ABC):
         if bridge is None:
             return
         bridge.channels.remove(ch.id)
+        bridge.order.remove(ch.id)
         if ch.has_peer:
             ch.has_peer, ch.variables["BRIDGEPEER"] = False, ""
             self._emit("ChannelVarset", ch, variable="BRIDGEPEER", value="")
         self._emit("ChannelLeftBridge", ch, bridge=self._bridge_snapshot(bridge))
+        if ch.media is not None:
+            ch.media.echo = None  # the far end no longer hears the bridge
         for member in (ch, *(self.channels[m] for m in bridge.channels)):
-            if member.media is not None:
-                member.media.echo = None  # the far end no longer hears the bridge
             if member.link is not None:
                 links.set_echo(member.link, member.fmt, False)
+        self._reconfigure(bridge)
+        if bridge.hidden and not bridge.channels:
+            # Recorders and Announcers are LONELY members: the last other member leaving kicks
+            # them out too (bridge_channel_dissolve_check).
+            self._kick_hidden(bridge)
 
-    def _hangup(self, ch: SimChannel, how: str) -> None:
+    def _reconfigure(self, bridge: SimBridge, joined: str | None = None) -> None:
+        """bridge_reconfigured(): the technology for the member count, then BRIDGEPEER.
+
+        Changing technology moves the members already in to the end of Asterisk's list, after
+        the one that just joined (smart_bridge_operation): a third member (or a Recorder)
+        heads the BRIDGEPEER lists, as recorded; a fourth joining softmix goes last.
+        """
+        technology = bridge_technology(bridge.bridge_type, len(bridge.order))
+        if technology != bridge.technology and joined is not None:
+            bridge.order.remove(joined)
+            bridge.order.insert(0, joined)
+        bridge.technology = technology
+        self._set_bridge_peers(bridge)
+        self._update_echo(bridge)
+        self._bridge_reconfigured(bridge)
+
+    def _set_bridge_peers(self, bridge: SimBridge) -> None:
+        """set_bridge_peer_vars(): every member again, even when nothing changed (snoop_record)."""
+        if len(bridge.order) < 2:
+            return
+        names = [key if key in bridge.hidden else self.channels[key].name for key in bridge.order]
+        for key, value in zip(bridge.order, bridge_peer_values(names), strict=True):
+            member = self.channels.get(key)
+            if member is not None:  # hidden members are not the app's: no event for them
+                member.has_peer, member.variables["BRIDGEPEER"] = True, value
+                self._emit("ChannelVarset", member, variable="BRIDGEPEER", value=value)
+
+    def _update_echo(self, bridge: SimBridge) -> None:
+        """An Echo() far end reflects the bot's RTP only through a simple_bridge of exactly its
+        caller and one UnicastRTP channel; softmix sends its own stream (bridgemedia)."""
+        members = [self.channels[key] for key in bridge.channels]
+        pair = len(bridge.order) == 2 and not bridge.hidden
+        for member in members:
+            if member.media is None:
+                continue
+            echoing = [m.call.echo_stream for m in members
+                       if m.call is not None and m.call.em_channel_id == member.id
+                       and m.call.echo_stream is not None]  # fmt: skip
+            member.media.echo = echoing[0] if pair and echoing else None
+
+    def _bridge_reconfigured(self, bridge: SimBridge) -> None:  # noqa: B027 (a hook)
+        """A hook: the bridge's technology or members changed (bridgemedia mixes)."""
+
+    def _kick_hidden(self, bridge: SimBridge) -> None:
+        """Only hidden members are left, and they go (bridgemedia finishes what they did)."""
+        bridge.hidden.clear()
+        bridge.order = [key for key in bridge.order if key in bridge.channels]
+
+    def _hangup(self, ch: SimChannel, how: str, cause: int = NORMAL) -> None:
         """`how`: "delete" (our DELETE), "far" (the far end hung up), "continue" (left Stasis),
-        "link" (an AudioSocket / WebSocket media channel whose connection ended it)."""
+        "link" (an AudioSocket / WebSocket media channel whose connection ended it).
+        `cause`: the hang-up cause a DELETE set (`reason`, `reason_code`); the app's own
+        events never show it, but the far end and ChannelDestroyed do (hangup_reason)."""
         if self.channels.get(ch.id) is not ch:
             return
         if ch.transport == "websocket" and ch.state == "Down":
@@ -335,8 +443,16 @@ class AsteriskCore(ABC):
         if ch.kind == "media":
             # Only the channel the app originated stays subscribed after StasisEnd (§14).
             ch.dialplan = DIALLED
-            self._emit("ChannelDestroyed", ch)
+            self._emit("ChannelDestroyed", ch, cause=cause, cause_txt=cause_txt(cause))
+        elif ch.kind == "caller" and ch.call is not None and how == "delete":
+            self._far_end_hung_up(ch, cause)
         self._remove(ch, "caller" if how == "far" else "app")
+
+    def _far_end_hung_up(self, ch: SimChannel, cause: int) -> None:
+        """The caller's far half sees our hang-up with `cause` (its ;2 half's HANGUPCAUSE)."""
+        if ch.call is not None:
+            ch.call.far_end_cause = cause
+        far_end_hung_up(far_exten(ch.name), cause, self.system.variables)
 
     def _cancel_dial(self, ch: SimChannel, how: str) -> None:
         """A WebSocket channel hung up while still being dialled (no socket yet).
@@ -385,13 +501,13 @@ class AsteriskCore(ABC):
 
     def _when_idle(self, ch: SimChannel, command: Callable[[], None]) -> None:
         """Run `command` once the channel's earlier Stasis commands (playbacks) are done."""
-        if ch.playback is None and not ch.queued:
+        if not ch.busy and not ch.queued:
             command()
         else:
             ch.queued.append(command)
 
     def _run_queued(self, ch: SimChannel) -> None:
-        while ch.playback is None and ch.queued and self.channels.get(ch.id) is ch:
+        while not ch.busy and ch.queued and self.channels.get(ch.id) is ch:
             ch.queued.popleft()()
 
     def _start_playback(self, ch: SimChannel, playback: SimPlayback) -> None:
@@ -435,8 +551,13 @@ class AsteriskCore(ABC):
         RTP socket. An app that cleaned up after its calls leaves this empty (falsy).
         """
         channels = [ch.id for ch in self.channels.values() if ch.kind == "media" or ch.in_stasis]
-        return SimLeftovers(tuple(channels), tuple(self.bridges), tuple(self.open_udp_sockets()),
-                            tuple(self.open_media_connections()), tuple(self._dialplan_open()))
+        return SimLeftovers(
+            tuple(channels),
+            tuple(self.bridges),
+            tuple(self.open_udp_sockets()),
+            tuple(self.open_media_connections()),
+            tuple(self._dialplan_open()),
+        )
 
     def open_media_connections(self) -> list[str]:
         """Labels of the AudioSocket / media WebSocket connections neither side has ended

@@ -42,6 +42,7 @@ class EmMedia(asyncio.DatagramProtocol):
         self.sent: list[Packet] = []
         self.send_errors = 0
         self.echo: EchoStream | None = None  # set while bridged to an echoing far end
+        self.on_audio: Callable[[bytes], None] | None = None  # every accepted packet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -64,6 +65,8 @@ class EmMedia(asyncio.DatagramProtocol):
             self.packets_in += 1
             if self._keep:
                 self.received.append((now, data, source))
+            if self.on_audio is not None:
+                self.on_audio(data)
             if self.echo is not None and self.format == "ulaw":
                 echoed = self.echo.echo(data)
                 if echoed is not None:
@@ -135,6 +138,13 @@ class SimCall:
         self.bridged: asyncio.Future[float] = loop.create_future()  # loop.time() of the moment
         self.ended: asyncio.Future[str] = loop.create_future()  # hung_up_by
         self.dtmf_sent: list[str] = []
+        # What the far end got from the app: digits (loop.time() each ended, as Read() takes
+        # them), the cause of our hang-up, and the bridge's ring-back / music on hold
+        # (loop.time(), "start" | "stop", media URI or "moh:<class>").
+        self.dtmf_received: list[tuple[float, str]] = []
+        self.far_end_cause: int | None = None
+        self.heard: list[tuple[float, str, str]] = []
+        self.echo_stream: EchoStream | None = None  # an Echo() far end's stream, once bridged
         self._timeline = timeline
         self._next = 0
         self._t0 = 0.0
@@ -143,6 +153,21 @@ class SimCall:
 
     def __repr__(self) -> str:
         return f"<SimCall {self.caller_id} {self.scenario} em={self.em_channel_id}>"
+
+    @property
+    def digits_received(self) -> str:
+        return "".join(digit for _, digit in self.dtmf_received)
+
+    @property
+    def hearing(self) -> list[str]:
+        """What the bridge plays to the far end now (ring-back, music on hold), from `heard`."""
+        playing: list[str] = []
+        for _, change, media in self.heard:
+            if change == "start":
+                playing.append(media)
+            elif media in playing:
+                playing.remove(media)
+        return playing
 
     @property
     def rtp_received(self) -> list[Packet]:

@@ -19,7 +19,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import uuid4
 
-from bridge.tools.sim.control import SimPlayback, continue_target, play_request_error, state_invalid
+from bridge.tools.sim.causes import hangup_cause
+from bridge.tools.sim.control import (
+    SimPlayback,
+    c_atol,
+    continue_target,
+    dtmf_schedule,
+    play_request_error,
+    state_invalid,
+)
 from bridge.tools.sim.core import (
     ASTERISK_ID,
     CHANNELVARS,
@@ -29,6 +37,7 @@ from bridge.tools.sim.core import (
 )
 from bridge.tools.sim.external import ExternalTransports
 from bridge.tools.sim.media import open_media
+from bridge.tools.sim.targets import far_end_digit, far_exten
 from bridge.tools.sim.templates import (
     BRIDGE_TYPES,
     INTERNAL_ERROR,
@@ -167,15 +176,64 @@ class AsteriskResources(ExternalTransports):
         return Reply(204, after=lambda: self._when_idle(ch, lambda: setattr(ch, "moh", moh_class)))
 
     async def _delete_channel(self, q: dict[str, str], cid: str) -> Reply:
+        """DELETE /channels/{id}[?reason=|reason_code=] (ast_ari_channels_hangup): any channel,
+        in Stasis or not; the cause reaches the far end, never the app's HangupRequest."""
         ch = self.channels.get(cid)
         if ch is None:
             return error_reply(404, "Channel not found")
+        cause = hangup_cause(q)
+        if isinstance(cause, Reply):
+            return cause  # nothing is hung up
         if ch.kind == "local":  # hanging up the far half is the far end hanging up
-            caller = next(
-                c for c in self.channels.values() if c.call is ch.call and c.kind == "caller"
-            )
-            return Reply(204, after=lambda: self._hangup(caller, "far"))
-        return Reply(204, after=lambda: self._hangup(ch, "delete"))
+            owner = self._owner_of(ch)
+            if owner is None:
+                return Reply(204)
+            return Reply(204, after=lambda: self._hangup(owner, "far", cause))
+        return Reply(204, after=lambda: self._hangup(ch, "delete", cause))
+
+    def _owner_of(self, half: SimChannel) -> SimChannel | None:
+        """The ;1 of a Local channel's far half."""
+        return next((c for c in self.channels.values()
+                     if c.kind == "caller" and c.call is not None and c.call is half.call),
+                    None)  # fmt: skip
+
+    async def _send_dtmf(self, q: dict[str, str], cid: str) -> Reply:
+        """POST /channels/{id}/dtmf (ast_ari_channels_send_dtmf): 204 at once, the digits
+        played afterwards on the channel's command queue (no event: dtmf_to_caller)."""
+        ch = self._control(cid)
+        if isinstance(ch, Reply):
+            return ch
+        refused = state_invalid(ch.state)
+        if refused is not None:
+            return refused
+        if not q.get("dtmf"):
+            return error_reply(400, "DTMF is required")
+        return Reply(204, after=lambda: self._when_idle(ch, lambda: self._play_dtmf(ch, q)))
+
+    def _play_dtmf(self, ch: SimChannel, q: dict[str, str]) -> None:
+        """app_control_dtmf(): each digit reaches the far end as its DTMF end, on the
+        schedule `dtmf_schedule` gives; the queue waits until the stream and `after` are done."""
+        if self.channels.get(ch.id) is not ch:
+            return
+        loop = self._running_loop()
+        digits, total = dtmf_schedule(q.get("dtmf", ""), c_atol(q.get("before")),
+                                      c_atol(q.get("between")), c_atol(q.get("duration")),
+                                      c_atol(q.get("after")))  # fmt: skip
+        for at, digit in digits:
+            loop.call_later(at, self._far_end_digit, ch, digit)
+
+        def done() -> None:
+            ch.dtmf_end = None
+            self._run_queued(ch)
+
+        ch.dtmf_end = loop.call_later(total, done)
+
+    def _far_end_digit(self, ch: SimChannel, digit: str) -> None:
+        """A digit the app sent reaches the channel's far end (a Local channel's ;2 half)."""
+        if self.channels.get(ch.id) is not ch or ch.call is None:
+            return
+        ch.call.dtmf_received.append((self._running_loop().time(), digit))
+        far_end_digit(far_exten(ch.name), digit, self.system.variables)
 
     async def _get_channel(self, q: dict[str, str], cid: str) -> Reply:
         ch = self.channels.get(cid)

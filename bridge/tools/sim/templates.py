@@ -86,6 +86,11 @@ _EVENT_SOURCES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ChannelDestroyed": ("basic_ulaw", "ChannelDestroyed", {}),
     "BridgeDestroyed": ("basic_ulaw", "BridgeDestroyed", {}),
     "ChannelDtmfReceived": ("dtmf", "ChannelDtmfReceived", {}),
+    # A Local target's ;2 half (both first recorded for originates into the app).
+    "ChannelCallerId": ("transfer_originate_answer", "ChannelCallerId", {}),
+    "ChannelDialplan": ("transfer_originate_answer", "ChannelDialplan", {}),
+    "RecordingStarted": ("bridge_record_mixed", "RecordingStarted", {}),
+    "RecordingFinished": ("bridge_record_mixed", "RecordingFinished", {}),
 }
 
 
@@ -111,6 +116,20 @@ def _playback_event(recording_event: Mapping[str, Any], kind: str) -> dict[str, 
             out["playback"] = dict(PLAYBACK)
         else:
             out[key] = kind if key == "type" else value
+    return out
+
+
+def _recording_failed(finished: Mapping[str, Any]) -> dict[str, Any]:
+    """RecordingFailed shaped like the recorded RecordingFinished.
+
+    res_stasis_recording.c: recording_to_json() names the event after the state ("failed"),
+    the LiveRecording object has no `duration` yet (record_file() fails before recording, so
+    duration.total is still -1), and recording_publish() appends `cause` to it.
+    """
+    out = copy.deepcopy(dict(finished))
+    out["type"] = "RecordingFailed"
+    recording = {k: v for k, v in finished["recording"].items() if k != "duration"}
+    out["recording"] = {**recording, "state": "failed", "cause": ""}
     return out
 
 
@@ -140,6 +159,8 @@ class Templates:
     application: Mapping[str, Any]
     ping: Mapping[str, Any]
     info: Mapping[str, Any]
+    live_recording: Mapping[str, Any]  # GET /recordings/live/{name}, the 201 of /record
+    stored_recording: Mapping[str, Any]  # GET /recordings/stored/{name}
 
     @classmethod
     def from_recordings(cls, fixtures_dir: Path = FIXTURES_DIR) -> Templates:
@@ -158,6 +179,8 @@ class Templates:
         for kind in ("PlaybackStarted", "PlaybackFinished"):
             events[kind] = _playback_event(recording_started, kind)
         events.update(broadcast_events(fixtures_dir))
+        events["RecordingFailed"] = _recording_failed(events["RecordingFinished"])
+        record = rec("bridge_record_mixed")
 
         def body(recording: Recording, method: str, path: str) -> Any:
             for ex in recording.rest:
@@ -174,7 +197,12 @@ class Templates:
             application=body(meta, "GET", "/ari/applications/pipecat"),
             ping=body(meta, "GET", "/ari/asterisk/ping"),
             info=body(meta, "GET", "/ari/asterisk/info"),
-        )
+            live_recording=next(ex.body for ex in record.rest if ex.status == 200
+                                and ex.path.startswith("/ari/recordings/live/")),
+            stored_recording=next(ex.body for ex in record.rest if ex.status == 200
+                                  and ex.path.startswith("/ari/recordings/stored/")
+                                  and not ex.path.endswith("/file")),
+        )  # fmt: skip
 
     def event(self, kind: str, **values: Any) -> str:
         """Render one event to the exact text frame Asterisk would send."""
@@ -191,6 +219,9 @@ class Templates:
 
     def playback(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return reshape(PLAYBACK, values)
+
+    def recording(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return reshape(self.live_recording, values)
 
 
 # -- REST answers -------------------------------------------------------------------------
@@ -214,6 +245,7 @@ class Reply:
     reason: str | None = None  # HTTP reason phrase when Asterisk's differs from the standard one
     after: Callable[[], None] | None = None  # runs once the response is on the wire
     location: str | None = None  # a 201's Location header (ast_ari_response_created)
+    content_type: str | None = None  # for a `bytes` body (a stored recording's file)
 
 
 def error_reply(status: int, message: str, reason: str | None = None) -> Reply:

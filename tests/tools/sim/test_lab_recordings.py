@@ -47,3 +47,27 @@ def test_the_caller_script_of_a_snooped_call_is_the_caller() -> None:
     assert script.caller_id == "1796140325.1812"
     assert script.stasis_start.channel_name.startswith("Local/205@caller-")
     assert script.inbound_rtp  # the beep, then the echo of the recorded 1300 Hz
+
+
+def _target_free(scenario: str, exten: str) -> list[tuple[str, str]]:
+    """The recording's frames that are not about the transfer target, `exten` put back to 207."""
+    out = []
+    for event in load_recording(scenario).events:
+        channel = event.data.get("channel") or event.data.get("peer") or {}
+        if not str(channel.get("id", "")).startswith("xfer"):
+            out.append((event.type, event.raw.replace(f"Local/{exten}@", "Local/207@")))
+    return out
+
+
+@pytest.mark.parametrize(("scenario", "exten"), [
+    ("synthetic_transfer_originate_congestion", "210"),
+    ("synthetic_transfer_originate_unavailable", "nosuch"),
+])  # fmt: skip
+def test_synthetic_fixtures_change_only_the_target(scenario: str, exten: str) -> None:
+    """Derived from transfer_originate_busy (their notes.md): the caller's side is the recording."""
+    assert _target_free(scenario, exten) == _target_free("transfer_originate_busy", "207")
+    busy, synthetic = load_recording("transfer_originate_busy"), load_recording(scenario)
+    assert [(ex.method, ex.status) for ex in synthetic.rest] == [
+        (ex.method, ex.status) for ex in busy.rest
+    ]
+    assert synthetic.caller_ids() == busy.caller_ids()
