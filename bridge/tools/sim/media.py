@@ -145,6 +145,7 @@ class SimCall:
         self.far_end_cause: int | None = None
         self.heard: list[tuple[float, str, str]] = []
         self.echo_stream: EchoStream | None = None  # an Echo() far end's stream, once bridged
+        self._dtmf_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._timeline = timeline
         self._next = 0
         self._t0 = 0.0
@@ -153,6 +154,22 @@ class SimCall:
 
     def __repr__(self) -> str:
         return f"<SimCall {self.caller_id} {self.scenario} em={self.em_channel_id}>"
+
+    def received_digit(self, now: float, digit: str) -> None:
+        """A digit the app sent (POST /channels/{id}/dtmf) reached this far end."""
+        self.dtmf_received.append((now, digit))
+        for count, waiter in list(self._dtmf_waiters):
+            if len(self.dtmf_received) >= count and not waiter.done():
+                waiter.set_result(None)
+                self._dtmf_waiters.remove((count, waiter))
+
+    async def wait_dtmf(self, count: int) -> list[tuple[float, str]]:
+        """Until the far end has received `count` digits from the app."""
+        if len(self.dtmf_received) < count:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._dtmf_waiters.append((count, waiter))
+            await waiter
+        return self.dtmf_received[:count]
 
     @property
     def digits_received(self) -> str:

@@ -232,7 +232,7 @@ class AsteriskResources(ExternalTransports):
         """A digit the app sent reaches the channel's far end (a Local channel's ;2 half)."""
         if self.channels.get(ch.id) is not ch or ch.call is None:
             return
-        ch.call.dtmf_received.append((self._running_loop().time(), digit))
+        ch.call.received_digit(self._running_loop().time(), digit)
         far_end_digit(far_exten(ch.name), digit, self.system.variables)
 
     async def _get_channel(self, q: dict[str, str], cid: str) -> Reply:

@@ -121,6 +121,25 @@ class Events:
 
         return await asyncio.wait_for(wait(), within)
 
+    async def wait_until(
+        self, predicate: Callable[[dict[str, Any]], bool], within: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """The first event for which `predicate` holds, once it has arrived."""
+
+        async def wait() -> dict[str, Any]:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.find(predicate) is not None)
+            found = self.find(predicate)
+            assert found is not None
+            return found
+
+        return await asyncio.wait_for(wait(), within)
+
+    async def bridge_destroyed(self, bridge_id: str) -> dict[str, Any]:
+        return await self.wait_until(
+            lambda e: e["type"] == "BridgeDestroyed" and e["bridge"]["id"] == bridge_id
+        )
+
     async def close(self) -> None:
         await self.ws.close()
         await self._reader
