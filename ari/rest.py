@@ -311,6 +311,29 @@ class AriRestClient:
         body = await self.request("GET", "/bridges", idempotent=True)
         return [_parse(parse_bridge, b, "GET", "/bridges") for b in body or []]
 
+    async def applications(self) -> list[dict[str, Any]]:
+        """GET /applications: every app Asterisk knows, a dead one's too (no liveness)."""
+        body = await self.request("GET", "/applications", idempotent=True)
+        if not isinstance(body, list):
+            raise AriHttpError("GET", "/applications", 200, "answer is not a list")
+        return [app for app in body if isinstance(app, dict)]
+
+    async def global_variable(self, name: str) -> str:
+        """A global variable's value; an unset one is "" (Asterisk answers no 404 here)."""
+        body = await self.request(
+            "GET", "/asterisk/variable", {"variable": name}, idempotent=True
+        )
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str):
+            raise AriHttpError("GET", "/asterisk/variable", 200, "answer has no string value")
+        return value
+
+    async def set_global_variable(self, name: str, value: str | None) -> None:
+        """Set a global variable; None removes it (Asterisk's setvar with no value)."""
+        params = {"variable": name} if value is None else {"variable": name, "value": value}
+        # The same value twice is the same state: safe to retry.
+        await self.request("POST", "/asterisk/variable", params, idempotent=True)
+
     async def application(self, app: str) -> dict[str, Any]:
         body = await self.request("GET", f"/applications/{app}", idempotent=True)
         if not isinstance(body, dict):

@@ -7,6 +7,7 @@
      |    +-- BotProtocolError      a bot message that is not valid JSON / base64 / dialect
      |    +-- AudioSocketError      AudioSocket bytes that break the framing; fatal (no resync)
      |    +-- WebSocketControlError a chan_websocket text message we cannot parse
+     |    +-- HeartbeatError        a peer's heartbeat variable we cannot read (logged, ignored)
      +-- AriHttpError(status, message)   a non-2xx ARI REST answer
      +-- AriUnavailableError        ARI could not be reached (connect error, timeout)
      +-- BotConnectError            the bot WebSocket could not be opened
@@ -43,6 +44,10 @@ class AudioSocketError(ParseError):
 
 
 class WebSocketControlError(ParseError):
+    pass
+
+
+class HeartbeatError(ParseError):
     pass
 
 

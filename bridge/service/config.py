@@ -21,6 +21,7 @@ from bridge.errors import ConfigError
 from bridge.media.factory import TRANSPORTS, parse_listen
 from bridge.media.ports import PortPool, parse_port_range
 from bridge.secrets import read_secret_file
+from bridge.service.peers import Scope
 
 FORMATS = ("ulaw", "alaw", "slin", "slin16")
 RECORD_MODES = tuple(m.value for m in RecordMode)
@@ -106,6 +107,15 @@ class Settings:
     # so a live worker takes them; "" context: the fallback, as before.
     orphan_context: str = ""
     orphan_extension: str = "s"
+    # Several hosts on one Asterisk (bridge.service.peers): a heartbeat in an Asterisk global
+    # variable every heartbeat_interval; a peer silent for peer_grace (wall clock: NTP) is
+    # dead and one live peer sweeps its leftovers (0: off, no heartbeat). A supervisor gives
+    # its workers the host's scope (`<app>-<instance>-{tag} <prefix><instance>-{tag}-`) and
+    # lets only slot 0 sweep; "" scope: this process's own --app and --id-prefix.
+    peer_grace: float = 15.0
+    heartbeat_interval: float = 3.0
+    peer_scope: str = ""
+    peer_sweep: bool = True
     # Transfers a bot asks for (bridge.call.transfer): the targets it may dial (fnmatch
     # patterns, comma-separated), and what the caller hears while one rings.
     transfer_allow: tuple[str, ...] = ("*",)
@@ -237,6 +247,16 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--orphan-extension", "orphan_extension", "dialplan extension for --orphan-context"),
     (
+        "--peer-grace",
+        "peer_grace",
+        "seconds a peer bridge's heartbeat may be old before its leftovers are swept (0: off)",
+    ),
+    (
+        "--heartbeat-interval",
+        "heartbeat_interval",
+        "seconds between this bridge's heartbeats (and its looks at the peers')",
+    ),
+    (
         "--transfer-allow",
         "transfer_allow",
         "transfer targets a bot may dial: fnmatch patterns, e.g. PJSIP/1*,Local/*@agents",
@@ -282,6 +302,7 @@ _FLOATS = (
     "setup_timeout",
     "rest_timeout",
     "drain_timeout",
+    "heartbeat_interval",
 )
 
 
@@ -335,11 +356,18 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help="send the bot nothing while the caller sends no RTP "
         "[$BRIDGE_CALLER_SILENCE_FILL=false]",
     )
+    # Set by a --workers supervisor on its workers (bridge.service.workers), not by people.
+    parser.add_argument("--peer-scope", dest="peer_scope", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-peer-sweep", dest="peer_sweep", action="store_const", const="false",
+        default=None, help=argparse.SUPPRESS,
+    )  # fmt: skip
 
 
 def settings_from(namespace: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     raw: dict[str, str] = {}
-    for _flag, field, _help in (*_FLAGS, ("", "silence_fill", ""), ("", "caller_silence_fill", "")):
+    hidden = ("silence_fill", "caller_silence_fill", "peer_scope", "peer_sweep")
+    for _flag, field, _help in (*_FLAGS, *(("", name, "") for name in hidden)):
         value = getattr(namespace, field, None)
         if value is None:
             value = env.get(_env_name(field))
@@ -476,9 +504,11 @@ def _validate(raw: dict[str, str]) -> Settings:
         low, high = parse_port_range(raw["rtp_ports"])
         PortPool(low, high)  # a range with no even port fails here, not at start-up
         kwargs["rtp_ports"] = (low, high)
-    for name in ("silence_fill", "caller_silence_fill"):
+    for name in ("silence_fill", "caller_silence_fill", "peer_sweep"):
         if name in raw:
             kwargs[name] = _bool(raw[name], name)
+    if "peer_grace" in raw:
+        kwargs["peer_grace"] = _peer_grace(raw["peer_grace"])
     kwargs.update(_reconnect_settings(raw))
     if "transfer_allow" in raw:
         kwargs["transfer_allow"] = tuple(
@@ -486,6 +516,7 @@ def _validate(raw: dict[str, str]) -> Settings:
         )
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     _check_transfer_and_record(settings)
+    _check_peers(settings)
     if settings.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     if settings.transport not in TRANSPORTS:
@@ -556,6 +587,44 @@ def _reconnect_settings(raw: dict[str, str]) -> dict[str, object]:
     except ValueError as exc:
         raise ConfigError(f"--bot-{str(exc).replace(' ', '-', 1)}") from None
     return {"bot_reconnect_window": window, "bot_reconnect_max": most, "bot_reconnect_hold": hold}
+
+
+def _peer_grace(text: str) -> float:
+    try:
+        grace = float(text)
+    except ValueError:
+        raise ConfigError(f"--peer-grace must be seconds (0: off), got {text!r}") from None
+    if not (math.isfinite(grace) and grace >= 0):
+        raise ConfigError("--peer-grace must be 0 (off) or a positive number of seconds")
+    return grace
+
+
+def _check_peers(s: Settings) -> None:
+    """What a heartbeat must be able to say (bridge.service.peers.Heartbeat)."""
+    if not s.peer_grace:
+        return
+    if s.peer_grace <= s.heartbeat_interval:
+        raise ConfigError(
+            f"--peer-grace {s.peer_grace:g} must be longer than --heartbeat-interval "
+            f"{s.heartbeat_interval:g}: a live peer would look dead between two heartbeats"
+        )
+    for flag, value in (("--app", s.app), ("--id-prefix", s.id_prefix)):
+        if not value or any(c.isspace() or c in "{}" for c in value):
+            raise ConfigError(
+                f"{flag} {value!r}: with --peer-grace it is named in a heartbeat, so it must "
+                "be one word without braces (or give --peer-grace 0)"
+            )
+    if s.peer_scope:
+        app, _, prefix = s.peer_scope.partition(" ")
+        try:
+            scope = Scope.parse(app, prefix)
+        except ValueError as exc:
+            raise ConfigError(f"--peer-scope {s.peer_scope!r}: {exc}") from None
+        if not (scope.owns_app(s.app) and scope.created(s.id_prefix)):
+            raise ConfigError(
+                f"--peer-scope {s.peer_scope!r} does not cover --app {s.app!r} and "
+                f"--id-prefix {s.id_prefix!r}"
+            )
 
 
 def _check_transfer_and_record(s: Settings) -> None:

@@ -8,7 +8,8 @@ of a channel that is not ours and not an ExternalMedia channel is a new caller; 
 event goes to the call that owns its channel or bridge, or is ignored. A connection to a
 media listener that no ARI call expects is a call from the dialplan alone
 (`bridge.call.dialplan`). The registry lives here, on an instance, never in module state.
-Without ARI credentials only dialplan calls are served.
+Without ARI credentials only dialplan calls are served. With --peer-grace the service keeps
+a heartbeat in Asterisk and sweeps dead peers' leftovers (`bridge.service.peering`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ari.events import AriEvent, CallBroadcast, CallClaimed, StasisStart, UnknownEvent
@@ -37,8 +41,11 @@ from bridge.service.calls import CallFactory
 from bridge.service.claim import ClaimPolicy, broadcast_args
 from bridge.service.config import Settings
 from bridge.service.outbound import ExpectedCall, OriginateRequest, OutboundCalls
+from bridge.service.peering import Peering
+from bridge.service.peers import Scope
 from bridge.service.reconcile import Reconciler
 from bridge.service.registry import CallRegistry, admission
+from bridge.service.workers import default_instance_id
 
 log = get_logger("bridge")
 
@@ -47,7 +54,14 @@ CLAIM_HOLD = 5.0
 
 
 class Controller:
-    def __init__(self, settings: Settings, rest: AriRestClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rest: AriRestClient | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock`: the wall clock of the heartbeats (tests move it by hand)."""
         self.settings = settings
         self.rest = rest or AriRestClient(
             settings.ari_url, settings.ari_user, settings.ari_password,
@@ -84,6 +98,7 @@ class Controller:
             admission=self._admission, route=self.on_event, background=self._background,
         )  # fmt: skip
         self.reconciler = Reconciler(settings, self.rest, self.registry, self._orphan)
+        self.peering = self._peering(clock)
         self.webhooks = webhooks_from_settings(settings)
         self.observers.append(self.webhooks)
         self.events = AriEventsSocket(
@@ -167,6 +182,8 @@ class Controller:
             await self.http_api.start()
             if s.ari_enabled:
                 await self.rest.open()
+                if self.peering is not None:
+                    self.peering.start()
                 await self.events.run()
             else:
                 log.info("ari_disabled", reason="no ARI password: dialplan calls only")
@@ -200,6 +217,7 @@ class Controller:
         await self.webhooks.sender.close(grace=1.0)
         await self.http_api.close()
         await self.events.close()
+        await self._leave_peers()
         await self.rest.close()
         log.info(
             "bridge_stopped",
@@ -313,6 +331,36 @@ class Controller:
         else:
             self._claimed.discard(channel.id)
             self.claims_lost += 1
+
+    def _peering(self, clock: Callable[[], float]) -> Peering | None:
+        s = self.settings
+        if not (s.peer_grace and s.ari_enabled):
+            return None
+        app, _, prefix = s.peer_scope.partition(" ")  # a worker: its host's (config checked it)
+        return Peering(
+            self.rest,
+            self.reconciler if s.peer_sweep else None,
+            scope=Scope(app, prefix) if s.peer_scope else self.reconciler.scope,
+            instance=s.instance_id or default_instance_id(socket.gethostname()),
+            grace=s.peer_grace,
+            interval=s.heartbeat_interval,
+            clock=clock,
+            may_sweep=lambda: not self.draining,
+        )
+
+    async def _leave_peers(self) -> None:
+        """The heartbeat stops last, once every call is over. All cleaned up: leave the
+        registry, no peer has anything to sweep. Calls left (Asterisk would not answer):
+        stay listed, so after --peer-grace a live peer sweeps what they hold."""
+        if self.peering is None:
+            return
+        await self.peering.stop(within=self.settings.rest_timeout)
+        if self.calls:
+            log.warning("peer_not_left", calls_left=len(self.calls),
+                        hint="a peer sweeps what they hold after --peer-grace")  # fmt: skip
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.peering.leave(), 2 * self.settings.rest_timeout)
 
     async def _on_events_connected(self) -> None:
         self.reconciler.start()

@@ -15,6 +15,11 @@ stream rather than in front of it:
    to --orphan-context (`bridge.service.orphans`), else get the fallback, after a grace and a
    second look, so a StasisStart still in flight on the events socket is not mistaken for an
    orphan.
+
+Steps 2 and 3 are a sweep of one *scope* (`bridge.service.peers.Scope`: the apps and id
+prefix a bridge creates): ours at every resync, and a dead peer's (`sweep_peer`, called by
+`bridge.service.peering` once the peer's heartbeat is older than --peer-grace) with the same
+rules: only what is provably that peer's, callers it left in its apps re-homed once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from bridge.errors import BridgeError
 from bridge.logs import get_logger
 from bridge.service.config import Settings
 from bridge.service.orphans import rehome
+from bridge.service.peers import Scope
 from bridge.service.registry import CallRegistry
 
 # The calls a resync looks after: every one not ending already (a call whose bot is away
@@ -64,7 +70,8 @@ class Reconciler:
         self._registry = registry
         self._on_orphan = on_orphan
         self._task: asyncio.Task[None] | None = None
-        self.swept = 0  # leftovers of earlier runs deleted
+        self.swept = 0  # leftovers of earlier runs (and of dead peers) deleted
+        self.scope = Scope(settings.app, settings.id_prefix)  # what we create
         self.resyncs = 0
         self.resynced = asyncio.Event()
 
@@ -81,9 +88,11 @@ class Reconciler:
     def is_ours(self, channel_id: str) -> bool:
         return channel_id.startswith(self._settings.id_prefix)
 
-    def is_orphan(self, channel: Channel) -> bool:
+    def is_orphan(self, channel: Channel, scope: Scope | None = None) -> bool:
+        """A caller nobody serves: not created by `scope` (default ours), not an ExternalMedia
+        channel, no call of ours."""
         return (
-            not self.is_ours(channel.id)
+            not (scope or self.scope).created(channel.id)
             and not channel.is_media_channel
             and channel.id not in self._registry.by_channel
         )
@@ -99,8 +108,24 @@ class Reconciler:
             self.resyncs += 1
             self.resynced.set()
 
+    async def sweep_peer(self, scope: Scope) -> tuple[int, int]:
+        """A dead peer's leftovers (steps 2 and 3 for its scope): its bridges and channels
+        deleted, its callers re-homed once; (leftovers deleted, orphans handled). No grace
+        before the orphans: a peer dead for --peer-grace has no StasisStart in flight.
+        Raises BridgeError if Asterisk cannot be asked what exists."""
+        apps = await self._rest.applications()
+        in_app = {c for app in apps if scope.owns_app(str(app.get("name", "")))
+                  for c in app.get("channel_ids") or [] if isinstance(c, str)}  # fmt: skip
+        channels, bridges = await self._rest.list_channels(), await self._rest.list_bridges()
+        deleted = await self._sweep_leftovers(scope, in_app, channels, bridges)
+        orphans = [c for c in channels if c.id in in_app and self.is_orphan(c, scope)]
+        for channel in orphans:
+            log.warning("orphan_caller", channel_id=channel.id, peer_app=scope.app)
+            await self._orphaned(channel)
+        return deleted, len(orphans)
+
     async def _reconcile(self) -> None:
-        s, registry, rest = self._settings, self._registry, self._rest
+        registry = self._registry
         in_app, channels, bridges = await self._listing()
         channel_ids = {c.id for c in channels}
         bridge_ids = {b.id for b in bridges}
@@ -129,20 +154,7 @@ class Reconciler:
                     if channel_id not in channel_ids:
                         call.log.info("resync_channel_gone", gone_channel=channel_id)
                         call.feed(ChannelVanished(channel_id))
-        for bridge in sorted(bridges, key=lambda b: b.id):
-            if (
-                bridge.id.startswith(f"{s.id_prefix}br-")
-                and bridge.name.rpartition(":")[0] == s.app
-                and bridge.id not in registry.by_bridge
-            ):
-                await self._sweep("bridge", bridge.id, rest.delete_bridge)
-        for channel in channels:
-            if (
-                channel.id.startswith(tuple(f"{s.id_prefix}{kind}-" for kind in OUR_CHANNELS))
-                and channel.id in in_app
-                and channel.id not in registry.by_channel
-            ):
-                await self._sweep("channel", channel.id, rest.hangup)
+        await self._sweep_leftovers(self.scope, in_app, channels, bridges)
         orphans = {c.id for c in channels if c.id in in_app and self.is_orphan(c)}
         if not orphans:
             return
@@ -152,6 +164,28 @@ class Reconciler:
             if channel.id in in_app and channel.id in orphans and self.is_orphan(channel):
                 log.warning("orphan_caller", channel_id=channel.id)
                 await self._orphaned(channel)
+
+    async def _sweep_leftovers(
+        self, scope: Scope, in_app: set[str], channels: list[Channel], bridges: list[Bridge]
+    ) -> int:
+        """Delete what `scope` created and no call of ours holds: its bridges (our id prefix
+        and our app in the name) and its channels in its apps. How many went."""
+        registry, rest, before = self._registry, self._rest, self.swept
+        for bridge in sorted(bridges, key=lambda b: b.id):
+            if (
+                scope.created(bridge.id, ("br",))
+                and scope.owns_app(bridge.name.rpartition(":")[0])
+                and bridge.id not in registry.by_bridge
+            ):
+                await self._sweep("bridge", bridge.id, rest.delete_bridge)
+        for channel in channels:
+            if (
+                scope.created(channel.id, OUR_CHANNELS)
+                and channel.id in in_app
+                and channel.id not in registry.by_channel
+            ):
+                await self._sweep("channel", channel.id, rest.hangup)
+        return self.swept - before
 
     async def _orphaned(self, channel: Channel) -> None:
         try:

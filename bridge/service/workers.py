@@ -16,6 +16,13 @@ pieces and a generation takes piece `slot + N * (gen % 2)`: the RTP port range, 
 listener ports (base port + that index; port 0, a fresh port, and '' = off, stay as they are).
 `--max-calls` is for the host and is divided among the slots (a draining old worker takes no
 new calls, so the overlap never exceeds it for new calls).
+
+Peers (--peer-grace, bridge.service.peers): the host is one peer. Every worker, of either
+generation, writes the host's one heartbeat (same variable, same scope `<app>-<instance>-{tag}
+<prefix><instance>-{tag}-`), so it stops only when the last worker is gone: a worker crashing
+and restarting under backoff (up to 30 s, longer than the grace) never makes peers sweep its
+live siblings' calls. Only slot 0 looks at the peers and sweeps the dead ones, and not while
+it drains: during a reload the new slot 0 takes over.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from bridge.errors import ConfigError
 from bridge.media.factory import parse_listen
 from bridge.service.config import Settings
+from bridge.service.peers import TAG
 
 INSTANCE_ID_MAX = 12
 BACKOFF_BASE_S = 1.0
@@ -104,6 +112,8 @@ class WorkerPlan:
     websocket_listen: str
     http_listen: str
     webhook_spool: str  # "" = the worker's default
+    instance: str = ""
+    peer_scope: str = ""  # the host's scope: every worker heartbeats for the whole host
 
     @property
     def tag(self) -> str:
@@ -123,6 +133,12 @@ class WorkerPlan:
         ]  # fmt: skip
         if self.webhook_spool:
             flags += ["--webhook-spool", self.webhook_spool]
+        if self.instance:
+            flags += ["--instance-id", self.instance]
+        if self.peer_scope:
+            flags += ["--peer-scope", self.peer_scope]
+        if self.slot != 0:
+            flags.append("--no-peer-sweep")  # slot 0 sweeps the dead peers for the host
         return flags
 
 
@@ -150,6 +166,8 @@ def plan_worker(
         websocket_listen=shifted_listen(settings.websocket_listen, index, "--websocket-listen"),
         http_listen=shifted_listen(settings.http_listen, index, "--http-listen"),
         webhook_spool=spool,
+        instance=instance,
+        peer_scope=f"{settings.app}-{instance}-{TAG} {settings.id_prefix}{instance}-{TAG}-",
     )
 
 
