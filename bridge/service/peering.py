@@ -262,13 +262,16 @@ class Peering:
         assert self._reconciler is not None
         deleted, orphans = await self._reconciler.sweep_peer(dead.scope)
         self._watch.swept(dead)
+        # Off the registry, so nobody looks at it again; its variable only if it still holds
+        # that death (a peer back meanwhile has written a new one, and re-adds itself).
+        try:
+            if await self._read(dead.name) == dead:
+                await self._rest.set_global_variable(dead.name, None)
+            kept = registry_without(await self._rest.global_variable(REGISTRY), (dead.name,))
+            if kept is not None:
+                await self._rest.set_global_variable(REGISTRY, kept)
+        except BridgeError as exc:  # swept all the same; it stays listed, dead, swept
+            log.warning("peer_prune_failed", peer=dead.name, error=str(exc))
         self.sweeps += 1
         log.info("peer_sweep", peer=dead.name, instance=dead.instance, app=dead.scope.app,
                  deleted=deleted, orphans=orphans)  # fmt: skip
-        # Off the registry, so nobody looks at it again; its variable only if it still holds
-        # that death (a peer back meanwhile has written a new one, and re-adds itself).
-        if await self._read(dead.name) == dead:
-            await self._rest.set_global_variable(dead.name, None)
-        kept = registry_without(await self._rest.global_variable(REGISTRY), (dead.name,))
-        if kept is not None:
-            await self._rest.set_global_variable(REGISTRY, kept)
