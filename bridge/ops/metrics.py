@@ -55,6 +55,9 @@ Metrics (counters carry the `_total` suffix in the output; histograms `_bucket/_
 | `pipecat_bridge_ari_events_rejected_total` | counter | | ARI events that did not parse |
 | `pipecat_bridge_ari_resyncs_total` | counter | | reconciliations with Asterisk after a (re)connect |
 | `pipecat_bridge_claims_total` | counter | `result` | claims of StasisBroadcast calls: won, lost (409: another process was first; 404: too late) |
+| `pipecat_bridge_peers` | gauge | `state` | peer bridges on this Asterisk at the last look at their heartbeats, this one included: alive, dead (absent without --peer-grace, and on a worker other than slot 0) |
+| `pipecat_bridge_peer_sweeps_total` | counter | | dead peers whose leftovers this bridge swept |
+| `pipecat_bridge_heartbeat_failures_total` | counter | | heartbeats that could not be written (alert on it: peers take a bridge silent for --peer-grace for dead) |
 | `pipecat_bridge_draining` | gauge | | 1 once the bridge stopped taking calls |
 | `pipecat_bridge_webhook_deliveries_total` | counter | `result` | webhook deliveries (one event to one URL): delivered, dropped (absent without webhooks) |
 | `pipecat_bridge_webhook_failed_attempts_total` | counter | | webhook tries that failed (retried or final) |
@@ -405,6 +408,22 @@ class _Collector:
                   "lost": getattr(controller, "claims_lost", 0)}  # fmt: skip
         yield _labelled_counter("claims", "Claims of broadcast calls, by result.", "result",
                                 claims)  # fmt: skip
+        yield from self._peers(getattr(controller, "peering", None))
+
+    def _peers(self, peering: Any) -> Iterator[Metric]:
+        if peering is None:
+            return
+        yield CounterMetricFamily(P + "heartbeat_failures", "Heartbeats not written.",
+                                  value=peering.heartbeat_failures)  # fmt: skip
+        last = peering.last
+        if last is None:  # this process does not look at the peers (or has not yet)
+            return
+        family = GaugeMetricFamily(P + "peers", "Peer bridges by state, at the last look.",
+                                   labels=["state"])  # fmt: skip
+        family.add_metric(["alive"], len(last.alive))
+        family.add_metric(["dead"], len(last.dead))
+        yield family
+        yield CounterMetricFamily(P + "peer_sweeps", "Dead peers swept.", value=peering.sweeps)
 
     def _webhooks(self) -> Iterator[Metric]:
         webhooks = getattr(self._m._controller, "webhooks", None)

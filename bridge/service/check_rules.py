@@ -323,6 +323,19 @@ def check_transfer(s: Settings) -> Result:
     return ok(f"transfer targets limited to {', '.join(s.transfer_allow)}")
 
 
+def check_peers(s: Settings) -> Result:
+    """--peer-grace against --heartbeat-interval: a heartbeat late by one REST timeout or
+    two must not make a live peer look dead."""
+    if not s.peer_grace:
+        return ok("peers off (--peer-grace 0): this bridge neither heartbeats nor sweeps")
+    what = (f"--peer-grace {s.peer_grace:g} s with a heartbeat every "
+            f"{s.heartbeat_interval:g} s")  # fmt: skip
+    if s.peer_grace < 3 * s.heartbeat_interval:
+        return warn(what, f"a peer missing two heartbeats is swept as dead: give --peer-grace "
+                          f"{3 * s.heartbeat_interval:g} or more")  # fmt: skip
+    return ok(f"{what} (every host's clock needs NTP)")
+
+
 def check_modules(s: Settings, modules: Mapping[str, str]) -> list[Result]:
     needed, wanted = required_modules(s)
     results: list[Result] = []
@@ -454,6 +467,7 @@ def evaluate(s: Settings, facts: Facts) -> list[Result]:
         results.append(check_rtp_ports(s, facts))
         results.append(check_rtp_host(s, facts))
         results.append(check_transfer(s))
+        results.append(check_peers(s))
     for listener in facts.listeners:
         results.extend(check_listener(s, listener, facts))
     results.extend(check_bot(bot) for bot in facts.bots)

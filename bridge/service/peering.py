@@ -138,8 +138,12 @@ class Peering:
             return
         log.info("peer_left", heartbeat=self.name)
 
+    @property
+    def heartbeat_failures(self) -> int:
+        return self._beat_failures.total
+
     async def wait_looks(self, count: int) -> None:
-        """Until `count` looks at the peers have been taken (tests, the HTTP API)."""
+        """Until `count` looks at the peers have been taken."""
         async with self._looked:
             await self._looked.wait_for(lambda: self.looks >= count)
 

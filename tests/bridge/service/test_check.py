@@ -295,7 +295,7 @@ async def test_all_good_exits_0(sim: SimulatedAsterisk, bot: Server, tmp_path: P
            "10000-10999" in lines  # fmt: skip
     assert f"OK    bot {bot_url(bot)} accepts a WebSocket" in lines
     assert "OK    transfer targets limited to PJSIP/1*, Local/*@agents" in lines
-    assert lines[-1] == "0 failed, 0 warning(s), 10 checks"
+    assert lines[-1] == "0 failed, 0 warning(s), 11 checks"
 
 
 async def test_any_transfer_target_is_a_warning(

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.errors import ConfigError, HeartbeatError
+from bridge.service.check_rules import Status, check_peers
 from bridge.service.config import Settings, parse_settings
 from bridge.service.peers import (
     REGISTRY,
@@ -314,3 +315,16 @@ def test_a_workers_flags_give_it_the_host_scope() -> None:
     assert (s.app, s.peer_scope, s.peer_sweep) == (
         "pipecat-h1-1g1", "pipecat-h1-{tag} pcb-h1-{tag}-", False)  # fmt: skip
     assert s.instance_id == "h1"
+
+
+def test_check_warns_of_a_grace_shorter_than_three_heartbeats() -> None:
+    assert check_peers(Settings()).line() == (
+        "OK    --peer-grace 15 s with a heartbeat every 3 s (every host's clock needs NTP)"
+    )
+    short = check_peers(Settings(peer_grace=5, heartbeat_interval=2))
+    assert short.status is Status.WARN
+    assert short.line() == (
+        "WARN  --peer-grace 5 s with a heartbeat every 2 s: a peer missing two heartbeats is "
+        "swept as dead: give --peer-grace 6 or more"
+    )
+    assert check_peers(Settings(peer_grace=0)).status is Status.OK
