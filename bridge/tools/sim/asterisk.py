@@ -59,6 +59,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from bridge.tools.sim.bridgemedia import AsteriskBridgeMedia
 from bridge.tools.sim.callers import StasisAppNotActive
 from bridge.tools.sim.core import (
     ASTERISK_ID,
@@ -70,7 +71,6 @@ from bridge.tools.sim.core import (
 )
 from bridge.tools.sim.faults import Fault, FaultTable
 from bridge.tools.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
-from bridge.tools.sim.originate import AsteriskOriginate
 from bridge.tools.sim.recording import FIXTURES_DIR
 from bridge.tools.sim.templates import Reply, dumps, error_reply
 
@@ -116,7 +116,7 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk(AsteriskOriginate):
+class SimulatedAsterisk(AsteriskBridgeMedia):
     """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`.
 
     `history=False` keeps no request/event/packet logs and drops ended calls (soak runs).
@@ -179,6 +179,13 @@ class SimulatedAsterisk(AsteriskOriginate):
                 ("GET", r"/ari/bridges/(?P<bid>[^/]+)", self._get_bridge),
                 ("DELETE", r"/ari/bridges/(?P<bid>[^/]+)", self._delete_bridge),
                 ("POST", r"/ari/bridges/(?P<bid>[^/]+)/addChannel", self._add_channel),
+                ("POST", r"/ari/bridges/(?P<bid>[^/]+)/removeChannel", self._remove_channel),
+                ("POST", r"/ari/bridges/(?P<bid>[^/]+)/play", self._play_bridge),
+                ("POST", r"/ari/bridges/(?P<bid>[^/]+)/play/(?P<pid>[^/]+)", self._play_bridge),
+                ("POST", r"/ari/bridges/(?P<bid>[^/]+)/moh", self._bridge_moh_start),
+                ("DELETE", r"/ari/bridges/(?P<bid>[^/]+)/moh", self._bridge_moh_stop),
+                ("GET", r"/ari/playbacks/(?P<pid>[^/]+)", self._get_playback),
+                ("DELETE", r"/ari/playbacks/(?P<pid>[^/]+)", self._stop_playback),
                 ("GET", r"/ari/applications", self._list_applications),
                 ("GET", r"/ari/applications/(?P<app>[^/]+)", self._get_application),
                 ("GET", r"/ari/asterisk/ping", self._ping),

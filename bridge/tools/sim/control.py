@@ -18,6 +18,7 @@ Pure: no sockets, no clocks.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ class SimPlayback:
     target: str  # "channel:<id>"
     language: str
     state: str = "queued"  # queued -> playing -> done | failed
+    canceled: bool = False  # stopped while queued: it finishes when its turn comes
+
+    @property
+    def controllable(self) -> bool:
+        """play_on_channel() marks sounds, recordings and tones controllable: only those stop
+        (playback_stop() fails for the others: 500 "Could not stop playback")."""
+        return self.media.partition(":")[0] in ("sound", "recording", "tone")
 
     def values(self) -> dict[str, str]:
         return {"id": self.id, "media_uri": self.media, "target_uri": self.target,
@@ -141,14 +149,15 @@ def playback_outcome(
     None: it never ends for the app (play_on_channel skips the final update: unknown scheme,
     missing stored recording, a number that does not parse), so no PlaybackFinished comes.
     `sounds` maps a media URI to its length, None for a file that does not exist (then
-    ast_control_streamfile fails: "failed"); unlisted media last `default_seconds`.
+    ast_control_streamfile fails: "failed"); unlisted media last `default_seconds`, but an
+    unlisted `tone:` plays until it is stopped (ast_control_tone() waits for STREAM_STOP).
     """
     scheme, _, name = media.partition(":")
     if scheme not in PLAYBACK_SCHEMES:
         return None
     if scheme == "number" and not re.match(r"\s*[+-]?\d", name):
         return None
-    seconds = sounds.get(media, default_seconds)
+    seconds = sounds.get(media, math.inf if scheme == "tone" else default_seconds)
     if seconds is None:
         return None if scheme == "recording" else ("failed", 0.0)
     return "done", seconds

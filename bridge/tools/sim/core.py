@@ -15,6 +15,7 @@ forgets everything at once, without an event (facts §16: nothing is replayed).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -177,6 +178,7 @@ class AsteriskCore(ABC):
         # Media URI -> seconds it plays, None: no such file. Others last default_sound_seconds.
         self.sounds: dict[str, float | None] = {}
         self.default_sound_seconds: float | None = 0.2
+        self._playbacks: dict[str, SimPlayback] = {}  # queued or playing, channel or bridge
         self._medias: list[EmMedia] = []
         self._links: list[links.MediaLink] = []  # every AudioSocket / media WebSocket opened
         self._app_registered = False  # Asterisk keeps the app listed after its socket went away
@@ -399,6 +401,11 @@ class AsteriskCore(ABC):
     def _bridge_reconfigured(self, bridge: SimBridge) -> None:  # noqa: B027 (a hook)
         """A hook: the bridge's technology or members changed (bridgemedia mixes)."""
 
+    def _bridge_gone(self, bridge: SimBridge) -> None:
+        """The bridge is being destroyed, its visible members gone: the hidden ones go too."""
+        if bridge.hidden:
+            self._kick_hidden(bridge)
+
     def _kick_hidden(self, bridge: SimBridge) -> None:
         """Only hidden members are left, and they go (bridgemedia finishes what they did)."""
         bridge.hidden.clear()
@@ -512,7 +519,13 @@ class AsteriskCore(ABC):
 
     def _start_playback(self, ch: SimChannel, playback: SimPlayback) -> None:
         if self.channels.get(ch.id) is not ch or not ch.in_stasis:
+            self._playbacks.pop(playback.id, None)
             return  # the queue died with the channel: the playback never started
+        if playback.canceled:  # playback_first_update(): canceled, published as "done"
+            self._playbacks.pop(playback.id, None)
+            playback.state = "done"
+            self._emit("PlaybackFinished", app=ch.app or None, playback=playback.values())
+            return
         self.counts["playbacks"] += 1
         playback.state = "playing"
         self._emit("PlaybackStarted", app=ch.app or None, playback=playback.values())
@@ -523,7 +536,7 @@ class AsteriskCore(ABC):
         ch.playback = playback
         if state == "failed":
             self._finish_playback(ch, playback, state)
-        else:
+        elif not math.isinf(seconds):  # a tone plays until DELETE /playbacks/{id}
             ch.playback_end = self._running_loop().call_later(
                 seconds, self._finish_playback, ch, playback, state
             )
@@ -534,6 +547,7 @@ class AsteriskCore(ABC):
             ch.playback_end = None
         if ch.playback is playback:
             ch.playback = None
+        self._playbacks.pop(playback.id, None)
         playback.state = state
         self._emit("PlaybackFinished", app=ch.app or None, playback=playback.values())
         self._run_queued(ch)
@@ -589,6 +603,7 @@ class AsteriskCore(ABC):
             link.abort()
         self.channels.clear()
         self.bridges.clear()
+        self._playbacks.clear()
         self._medias.clear()
         if not self._history:
             self.calls.clear()

@@ -149,6 +149,7 @@ class AsteriskResources(ExternalTransports):
         language = q.get("lang") or str(self._templates.channel.get("language", "en"))
         playback = SimPlayback(id=q.get("playbackId") or str(uuid4()), media=q["media"],
                                target=f"channel:{cid}", language=language)  # fmt: skip
+        self._playbacks[playback.id] = playback
         return Reply(
             201,
             self._templates.playback(playback.values()),
@@ -369,6 +370,27 @@ class AsteriskResources(ExternalTransports):
             self._enter_bridge(self.channels[cid], bridge)
         return Reply(204, after=lambda: self._check_bridged(bridge))
 
+    async def _remove_channel(self, q: dict[str, str], bid: str) -> Reply:
+        """POST /bridges/{id}/removeChannel (ast_ari_bridges_remove_channel): the same
+        checks as addChannel, then 422 "Channel not in this bridge"; 204, it leaves."""
+        bridge = self.bridges.get(bid)
+        if bridge is None:
+            return error_reply(404, "Bridge not found", "Not found")
+        ids = [cid for cid in q.get("channel", "").split(",") if cid]
+        if not ids:
+            return error_reply(400, "Missing parameter channel")
+        for cid in ids:
+            ch = self.channels.get(cid)
+            if ch is None:
+                return error_reply(400, "Channel not found")
+            if not ch.in_stasis:
+                return error_reply(422, "Channel not in Stasis application")
+            if ch.bridge_id != bid:
+                return error_reply(422, "Channel not in this bridge")
+        for cid in ids:
+            self._leave_bridge(self.channels[cid])
+        return Reply(204)
+
     def _check_bridged(self, bridge: SimBridge) -> None:
         members = [self.channels[cid] for cid in bridge.channels if cid in self.channels]
         medias = [m for m in members if m.kind == "media"]
@@ -383,6 +405,7 @@ class AsteriskResources(ExternalTransports):
             return error_reply(404, "Bridge not found", "Not found")
         for cid in list(bridge.channels):
             self._leave_bridge(self.channels[cid])
+        self._bridge_gone(bridge)
         del self.bridges[bid]
         self.counts["bridges_gone"] += 1
         self._emit("BridgeDestroyed", app=bridge.app or None,

@@ -397,7 +397,7 @@ async def test_play_answers_201_and_reports_start_and_finish(
     assert isinstance(parsed, PlaybackFinished)
     assert (parsed.playback_id, parsed.channel_id, parsed.state) == ("pb-1", call.caller_id, "done")
     # Without a playbackId Asterisk makes up a UUID.
-    other = await ari.request("POST", f"/ari/channels/{call.caller_id}/play", media="tone:ring")
+    other = await ari.request("POST", f"/ari/channels/{call.caller_id}/play", media="sound:beep")
     assert other.status == 201 and len(other.body["id"]) == 36
     await wait_type(events, "PlaybackFinished", nth=2)
     assert sim.counts["playbacks"] == 2

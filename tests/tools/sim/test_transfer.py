@@ -55,7 +55,8 @@ def assert_per_channel(events: list[dict[str, Any]], recording: Recording,
 
 
 async def bridged_caller(sim: SimulatedAsterisk, ari: Ari, scenario: str) -> Bridged:
-    call = await sim.place_call(scenario)
+    # Far end 204 is silent: what the recordings got on its call is Asterisk's mix, not it.
+    call = await sim.place_call(scenario, audio=b"")
     return await bridge_call(ari, call, f"em-{scenario[:12]}")
 
 
@@ -110,6 +111,9 @@ async def test_an_answered_target_matches_the_recording(sim: SimulatedAsterisk, 
     assert {f[2] for f in fields} == {0} and {f[1] for f in fields} == {0}
     assert len({f[5] for f in fields}) == 1
     assert packets[-1][0] - packets[0][0] == pytest.approx(0.18, abs=0.06)
+    payloads = [data[12:] for _, data, _ in packets]
+    assert payloads[0] == b"\xff" * 160  # the first mixed frame is silence, as recorded
+    assert any(set(p) != {0xFF} for p in payloads[1:])  # then 233's agent tone
     # 233 plays its 0.5 s agent tone, then Echo(): the recording waited past that.
     await events.wait_for("ChannelDialplan", "xfer-answer;2", dialplan_app="Echo")
     assert [(await ari.request("DELETE", "/ari/channels/xfer-answer")).status] == [204]
