@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bridge.service.peers import REGISTRY
 from bridge.tools.demo.echo_bot import run_echo_bot
 from bridge.tools.sim.asterisk import SimulatedAsterisk
 from tests.test_service_process import QUIET_LISTENERS
+
+HEARTBEAT = "PIPECAT_BRIDGE_HB_PIPECAT_T"
 
 
 class Log:
@@ -107,6 +110,12 @@ async def test_two_workers_restart_reload_and_stop(tmp_path: Path) -> None:
         try:
             await asyncio.wait_for(log.until("service_ready", workers=2), 30)
             assert sim.connected_apps() == ["pipecat-t-0", "pipecat-t-1"]
+            # One heartbeat for the host, written by both workers, listed once.
+            while len(log.events("heartbeat_started")) < 2:
+                await asyncio.wait_for(log.until("heartbeat_started"), 10)
+            await asyncio.wait_for(log.until("peer_registered", seen=True), 10)
+            assert sim.system.variables[HEARTBEAT].endswith(" pipecat-t-{tag} pcb-t-{tag}- t")
+            assert sim.system.variables[REGISTRY] == HEARTBEAT
             first = {line["worker"]: line["pid"] for line in log.events("worker_started")}
 
             # A call on worker 0, then worker 0 dies mid-call.
@@ -159,3 +168,5 @@ async def test_two_workers_restart_reload_and_stop(tmp_path: Path) -> None:
         assert log.events("supervisor_stopped")
         assert sim.connected_apps() == []
         assert not [i for i in (*sim.channels, *sim.bridges) if i.startswith("pcb-")]
+        # Stopped cleanly: the host left the registry, no peer will sweep it.
+        assert HEARTBEAT not in sim.system.variables and sim.system.variables[REGISTRY] == ""
