@@ -20,6 +20,7 @@ from bridge.service.controller import Controller
 from bridge.service.orphans import ROUNDS_VARIABLE
 from bridge.service.peers import (
     REGISTRY,
+    TAG,
     Heartbeat,
     Scope,
     heartbeat_name,
@@ -96,15 +97,20 @@ def listed(sim: SimulatedAsterisk) -> tuple[str, ...]:
     return parse_registry(sim.system.variables.get(REGISTRY, ""))
 
 
-async def fake_peer(sim: SimulatedAsterisk, clock: WallClock, name: str) -> Heartbeat:
+async def fake_peer(
+    sim: SimulatedAsterisk, clock: WallClock, name: str, tags: tuple[str, ...] = ()
+) -> Heartbeat:
     """Peer `name`, written here as its process would have: its bridge with a media channel
-    in it, a caller waiting in its app, its heartbeat as fresh as `clock`, its registry entry."""
-    app = f"pipecat-{name}"
-    waiting = await sim.add_waiting_caller(app=app, hangup_after=60)
-    em = await sim.add_leftover_external_media(f"pcb-{name}-em-1")
-    em.app = app
-    sim.add_leftover_bridge(f"pcb-{name}-br-1", members=[em.id], name=f"{app}:{waiting.caller_id}")
-    scope = Scope(app, f"pcb-{name}-")
+    in it, a caller waiting in its app, its heartbeat as fresh as `clock`, its registry entry.
+    With `tags`: a --workers host, those objects for each of its workers."""
+    scope = Scope(f"pipecat-{name}-{TAG}", f"pcb-{name}-{TAG}-") if tags else \
+        Scope(f"pipecat-{name}", f"pcb-{name}-")  # fmt: skip
+    for tag in tags or ("",):
+        app, prefix = (s.replace(TAG, tag) for s in (scope.app, scope.id_prefix))
+        waiting = await sim.add_waiting_caller(app=app, hangup_after=60)
+        em = await sim.add_leftover_external_media(f"{prefix}em-1")
+        em.app = app
+        sim.add_leftover_bridge(f"{prefix}br-1", members=[em.id], name=f"{app}:{waiting.caller_id}")
     peer = Heartbeat(heartbeat_name(scope), clock.now, scope, name)
     beat(sim, peer)
     sim.system.variables[REGISTRY] = " ".join((*listed(sim), peer.name))
@@ -208,3 +214,25 @@ async def test_a_dead_peer_is_left_to_its_sweeper_while_that_one_lives() -> None
             continued = sorted(r.path.split("/")[3] for r in sim.requests
                                if r.path.endswith("/continue"))  # fmt: skip
             assert len(continued) == 2 and len(set(continued)) == 2
+
+
+async def test_a_dead_workers_host_is_swept_for_all_its_workers_and_no_other_host() -> None:
+    """h2 ran `--workers` (slots 0 and 1, the latter reloaded once: pipecat-h2-1g1); h2-x, alive,
+    has an instance id that starts the same. a sweeps every worker of h2 and nothing of h2-x."""
+    clock = WallClock()
+    async with SimulatedAsterisk(seed=13) as sim, run_echo_bot() as bot:
+        h2 = await fake_peer(sim, clock, "h2", tags=("0", "1g1"))
+        h2x = await fake_peer(sim, clock, "h2-x", tags=("0",))
+        assert sweeper_for(h2.name, [name_of("a"), h2x.name]) == name_of("a")
+        h2x_objects = ids(sim, "pcb-h2-x-")
+        assert len(ids(sim, "pcb-h2-")) == 4 + len(h2x_objects)
+        async with host(sim, bot, "a", clock, 31700) as a:
+            assert a.peering is not None
+            clock.now += GRACE + 1
+            beat(sim, h2x, at=clock.now)
+            await until_looked(a, lambda: a.peering.sweeps == 1)
+            assert ids(sim, "pcb-h2-") == h2x_objects
+            continued = {r.path.split("/")[3] for r in sim.requests
+                         if r.path.endswith("/continue")}  # fmt: skip
+            in_h2x = {c.id for c in sim.channels.values() if c.app == "pipecat-h2-x-0"}
+            assert len(continued) == 2 and not continued & in_h2x
