@@ -2,8 +2,9 @@
 Asterisk, then (where this process sweeps) read the peers' and sweep the dead ones' leftovers
 through the reconciler. The policy is in `peers`; here are the requests and the logs.
 
-    start()    the loop, from Controller.run() once the REST session is open
-    stop()     ends the loop after the request in flight (never cut in half)
+    start()    the two loops (heartbeat; looks and sweeps), from Controller.run() once the
+               REST session is open; a long sweep never holds the heartbeat back
+    stop()     ends them after the requests in flight (never cut in half)
     leave()    a clean stop: our heartbeat and our registry entry removed, so no peer sweeps
                what our own shutdown already cleaned up (nor warns of a death that was not)
 
