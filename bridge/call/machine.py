@@ -445,8 +445,10 @@ class CallMachine(Outbox, BotRedial, CallTransfer, CallRecorder):
             or isinstance(event, ChannelVanished)
         ):
             pass
-        elif channel_id == self.ids.media_channel_id and media.life is not Life.DELETING:
-            # Somebody else removed our media channel: the call has no audio path left.
+        elif channel_id == self.ids.media_channel_id and media.life not in (Life.DELETING,
+                                                                            Life.GONE):
+            # Somebody else removed our media channel: the call has no audio path left. (Its
+            # end events may come after our own delete's answer: GONE is ours, not theirs.)
             if media.life is Life.UP:
                 media.life = Life.GONE
             self._end("media channel went away", fallback=True, by=EndedBy.ASTERISK)

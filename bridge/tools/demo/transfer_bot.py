@@ -7,7 +7,7 @@ bridge's replies reach the pipeline. There is no TTS offline: the bot "speaks" t
     on start               the greeting tone
     DTMF transfer_digit    the "putting you through" tone, then transfer(target, mode)
     transfer_failed        the "sorry" tone: the bot keeps the caller
-    DTMF "#"               hangup("normal")
+    DTMF "#"               hangup(hangup_cause, default "normal")
     DTMF "9"               dtmf("123#") to the caller's far end
 
     Pipeline: transport.input() -> TransferBotProcessor -> transport.output()
@@ -107,9 +107,11 @@ class TransferPlan:
     transfer_digit: str = "0"
     caller_id: str | None = None
     timeout: int | None = None
+    hangup_cause: str = "normal"  # what `#` hangs up with (the far end sees its Q.850 cause)
 
     def __post_init__(self) -> None:
         self.message()  # botkit refuses what the bridge would
+        botkit.hangup(self.hangup_cause)
         if len(self.transfer_digit) != 1 or self.transfer_digit not in KEYPAD:
             raise ValueError(f"transfer digit must be one of {KEYPAD}, not {self.transfer_digit!r}")
         if self.transfer_digit in (HANGUP_DIGIT, DTMF_OUT_DIGIT):
@@ -221,7 +223,7 @@ class TransferBotProcessor(FrameProcessor):
             await self._say("connecting")
             await self._send(botkit.control_frame(self._plan.message()))
         elif digit == HANGUP_DIGIT:
-            await self._send(botkit.hangup_frame("normal"))
+            await self._send(botkit.hangup_frame(self._plan.hangup_cause))
         elif digit == DTMF_OUT_DIGIT:
             await self._send(botkit.dtmf_frame(DTMF_OUT))
 
@@ -363,10 +365,11 @@ async def run_transfer_bot(
     transfer_digit: str = "0",
     caller_id: str | None = None,
     transfer_timeout: int | None = None,
+    hangup_cause: str = "normal",
 ) -> AsyncIterator[TransferBot]:
     """Serve the transfer bot on this loop until the block exits; port 0 picks a free port.
     The transfer arguments are TransferPlan's, checked before anything listens."""
-    plan = TransferPlan(target, mode, transfer_digit, caller_id, transfer_timeout)
+    plan = TransferPlan(target, mode, transfer_digit, caller_id, transfer_timeout, hangup_cause)
     quiet_pipecat_logs()
     stats = TransferBotStats()
     app = create_app(stats=stats, dialect=dialect, sample_rate=sample_rate, plan=plan)
@@ -418,11 +421,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transfer-digit", default="0")
     parser.add_argument("--caller-id", default=None)
     parser.add_argument("--transfer-timeout", type=int, default=None, metavar="SECONDS")
+    parser.add_argument("--hangup-cause", default="normal", help="what # hangs up with, e.g. busy")
     parser.add_argument("--verbose", action="store_true", help="keep Pipecat's debug logs")
     args = parser.parse_args(argv)
     try:
         plan = TransferPlan(
-            args.target, args.mode, args.transfer_digit, args.caller_id, args.transfer_timeout
+            args.target, args.mode, args.transfer_digit, args.caller_id, args.transfer_timeout,
+            args.hangup_cause,
         )
     except ValueError as exc:
         parser.error(str(exc))
