@@ -59,7 +59,6 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from bridge.tools.sim.bridgemedia import AsteriskBridgeMedia
 from bridge.tools.sim.callers import StasisAppNotActive
 from bridge.tools.sim.core import (
     ASTERISK_ID,
@@ -72,6 +71,7 @@ from bridge.tools.sim.core import (
 from bridge.tools.sim.faults import Fault, FaultTable
 from bridge.tools.sim.media import MAX_DATAGRAM, EmMedia, Packet, SimCall
 from bridge.tools.sim.recording import FIXTURES_DIR
+from bridge.tools.sim.snoop import AsteriskSnoop
 from bridge.tools.sim.templates import Reply, dumps, error_reply
 
 __all__ = [
@@ -116,7 +116,7 @@ class _EventSocket:
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class SimulatedAsterisk(AsteriskBridgeMedia):
+class SimulatedAsterisk(AsteriskSnoop):
     """Asterisk 23.4.1 as seen by an ARI app, on 127.0.0.1. Use `async with`.
 
     `history=False` keeps no request/event/packet logs and drops ended calls (soak runs).
@@ -167,6 +167,9 @@ class SimulatedAsterisk(AsteriskBridgeMedia):
                 ("DELETE", r"/ari/channels/(?P<cid>[^/]+)", self._delete_channel),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/dial", self._dial_created),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/dtmf", self._send_dtmf),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/record", self._record_channel),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/snoop", self._snoop),
+                ("POST", r"/ari/channels/(?P<cid>[^/]+)/snoop/(?P<sid>[^/]+)", self._snoop),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/answer", self._answer),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/continue", self._continue),
                 ("POST", r"/ari/channels/(?P<cid>[^/]+)/play", self._play_media),
@@ -180,10 +183,18 @@ class SimulatedAsterisk(AsteriskBridgeMedia):
                 ("DELETE", r"/ari/bridges/(?P<bid>[^/]+)", self._delete_bridge),
                 ("POST", r"/ari/bridges/(?P<bid>[^/]+)/addChannel", self._add_channel),
                 ("POST", r"/ari/bridges/(?P<bid>[^/]+)/removeChannel", self._remove_channel),
+                ("POST", r"/ari/bridges/(?P<bid>[^/]+)/record", self._record_bridge),
                 ("POST", r"/ari/bridges/(?P<bid>[^/]+)/play", self._play_bridge),
                 ("POST", r"/ari/bridges/(?P<bid>[^/]+)/play/(?P<pid>[^/]+)", self._play_bridge),
                 ("POST", r"/ari/bridges/(?P<bid>[^/]+)/moh", self._bridge_moh_start),
                 ("DELETE", r"/ari/bridges/(?P<bid>[^/]+)/moh", self._bridge_moh_stop),
+                ("GET", r"/ari/recordings/live/(?P<name>[^/]+)", self._get_live),
+                ("DELETE", r"/ari/recordings/live/(?P<name>[^/]+)", self._cancel_live),
+                ("POST", r"/ari/recordings/live/(?P<name>[^/]+)/stop", self._stop_live),
+                ("GET", r"/ari/recordings/stored", self._list_stored),
+                ("GET", r"/ari/recordings/stored/(?P<name>[^/]+)", self._get_stored),
+                ("DELETE", r"/ari/recordings/stored/(?P<name>[^/]+)", self._delete_stored),
+                ("GET", r"/ari/recordings/stored/(?P<name>[^/]+)/file", self._get_stored_file),
                 ("GET", r"/ari/playbacks/(?P<pid>[^/]+)", self._get_playback),
                 ("DELETE", r"/ari/playbacks/(?P<pid>[^/]+)", self._stop_playback),
                 ("GET", r"/ari/applications", self._list_applications),

@@ -72,11 +72,12 @@ class SimChannel:
     dtmf_end: asyncio.TimerHandle | None = None  # POST .../dtmf still playing its digits
     spied: str | None = None  # a snoop: the channel it spies on
     spy: str = "none"  # a snoop: "in", "out" or "both"
+    recording: str | None = None  # POST .../record running on it (the live recording's name)
 
     @property
     def busy(self) -> bool:
-        """A Stasis command (playback, DTMF) is running: the next ones wait (control.c)."""
-        return self.playback is not None or self.dtmf_end is not None
+        """A Stasis command (playback, DTMF, record) runs: the next ones wait (control.c)."""
+        return self.playback is not None or self.dtmf_end is not None or self.recording is not None
 
     def cancel_timers(self) -> None:
         for handle in (self.pending_start, self.playback_end, self.dtmf_end):
@@ -437,10 +438,7 @@ class AsteriskCore(ABC):
             # returns NULL: the channel goes without a ChannelHangupRequest.
             self._emit("ChannelHangupRequest/far", ch)
         ch.queued.clear()  # Stasis commands still waiting die with the channel's Stasis
-        if ch.playback is not None:
-            # The stream stops with an error on a hung-up channel: play_on_channel's final
-            # update makes that "failed" (res != 0 with the channel hung up), before StasisEnd.
-            self._finish_playback(ch, ch.playback, "failed")
+        self._hanging_up(ch)
         self._leave_bridge(ch)
         if ch.in_stasis:
             ch.in_stasis = False
@@ -460,6 +458,13 @@ class AsteriskCore(ABC):
         if ch.call is not None:
             ch.call.far_end_cause = cause
         far_end_hung_up(far_exten(ch.name), cause, self.system.variables)
+
+    def _hanging_up(self, ch: SimChannel) -> None:
+        """The running Stasis command sees the hang-up, before the channel leaves its bridge."""
+        if ch.playback is not None:
+            # The stream stops with an error on a hung-up channel: play_on_channel's final
+            # update makes that "failed" (res != 0 with the channel hung up), before StasisEnd.
+            self._finish_playback(ch, ch.playback, "failed")
 
     def _cancel_dial(self, ch: SimChannel, how: str) -> None:
         """A WebSocket channel hung up while still being dialled (no socket yet).

@@ -420,7 +420,9 @@ class AsteriskOriginate(AsteriskDialplan):
             return
         if how != "failed":
             super()._hangup(ch, how, cause)  # HangupRequest, leaves the bridge, StasisEnd
-        else:
+        else:  # ast_call() failed: a soft hang-up that publishes no HangupRequest
+            self._hanging_up(ch)
+            self._leave_bridge(ch)
             ch.in_stasis = False
             self._emit("StasisEnd", ch)
         ch.variables["STASISSTATUS"] = "SUCCESS"

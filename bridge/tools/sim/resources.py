@@ -276,7 +276,7 @@ class AsteriskResources(ExternalTransports):
         host, _, port = external_host.rpartition(":")
         media = await open_media(self._running_loop(), (host, int(port)), fmt,
                                  self._rtp_ports, self._rng, keep=self._history)  # fmt: skip
-        return SimChannel(
+        ch = SimChannel(
             id=channel_id,
             name=f"UnicastRTP/{external_host}-0x7f74{self._rng.getrandbits(28) << 4:08x}",
             kind="media", state="Down", caller=("", ""), connected=("", ""), dialplan=DIALLED,
@@ -285,6 +285,8 @@ class AsteriskResources(ExternalTransports):
             variables={"UNICASTRTP_LOCAL_ADDRESS": media.local[0],
                        "UNICASTRTP_LOCAL_PORT": str(media.local[1])},
         )  # fmt: skip
+        media.on_audio = lambda packet: self._bot_audio(ch, packet)  # mixing, recordings
+        return ch
 
     def _add_media_channel(self, ch: SimChannel) -> None:
         assert ch.media is not None

@@ -65,8 +65,10 @@ def assert_asterisk_headers(headers: Any, has_body: bool) -> None:
 
 
 class Answer:
-    def __init__(self, status: int, reason: str, headers: Any, text: str) -> None:
-        self.status, self.reason, self.headers, self.text = status, reason, headers, text
+    def __init__(self, status: int, reason: str, headers: Any, data: bytes) -> None:
+        self.status, self.reason, self.headers, self.data = status, reason, headers, data
+        binary = headers.get("Content-Type", "").startswith("audio/")  # a stored recording
+        self.text = "" if binary else data.decode()
 
     @property
     def body(self) -> Any:
@@ -183,7 +185,7 @@ class Ari:
         async with self.session.request(
             method, self.sim.base_url + path, params=params, headers=headers or {}
         ) as resp:
-            return Answer(resp.status, resp.reason or "", resp.headers, await resp.text())
+            return Answer(resp.status, resp.reason or "", resp.headers, await resp.read())
 
 
 class Udp(asyncio.DatagramProtocol):
