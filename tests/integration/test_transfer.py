@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridge.call.machine import CallState
@@ -30,7 +31,7 @@ async def transfer_rig(**bot: Any) -> AsyncIterator[Rig]:
     async with (
         SimulatedAsterisk(seed=11) as sim,
         run_transfer_bot(**bot) as transfer_bot,
-        bridge_running(sim, transfer_bot, transfer_allow=("Local/*",)) as rig,  # type: ignore[arg-type]
+        bridge_running(sim, transfer_bot, transfer_allow=("Local/*", "Foo/*", "*@agents")) as rig,  # type: ignore[arg-type]
     ):
         sim.targets[ANSWERS] = TargetBehaviour.answer(after=0.3)  # rings meanwhile
         yield rig
@@ -106,3 +107,117 @@ async def test_blind_transfer_plays_the_bots_last_words_then_bridges_the_target(
         caller_hangs_up(rig.sim, call)
         await nothing_left(rig)
         assert target_id not in rig.sim.channels
+
+
+@pytest.mark.parametrize(
+    ("target", "cause"),
+    [(BUSY, "busy"), (NEVER, "no_answer"), ("Local/999@caller", "unavailable"),
+     ("Foo/bar", "unavailable")],
+)  # fmt: skip
+async def test_attended_transfer_failing_tells_the_bot_which_keeps_the_caller(
+    target: str, cause: str
+) -> None:
+    async with transfer_rig(target=target, mode="attended", transfer_timeout=1) as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        stats = await greeted(rig, call)
+        press(rig.sim, call, "0")
+        failed = await asyncio.wait_for(stats.wait_reply("transfer_failed"), 10)
+        assert failed == {"event": "transfer_failed", "target": target, "cause": cause}
+        # The bot keeps talking to the caller: its "sorry" reaches the caller's ear.
+        await asyncio.wait_for(stats.wait_prompts(3), 5)
+        before = len(bot_audio(call))
+        async with asyncio.timeout(5):
+            while len(bot_audio(call)) < before + PROMPTS["sorry"][1] // 20:
+                await asyncio.sleep(0.05)
+        (live,) = rig.controller.registry.calls.values()
+        assert live.state is CallState.UP
+        assert not call.ended.done()
+        assert not stats.call.finished.is_set()
+        # Nothing of the target is left in Asterisk.
+        assert [c for c in rig.sim.channels if "-xf-" in c] == []
+        caller_hangs_up(rig.sim, call)
+        await nothing_left(rig)
+
+
+async def test_attended_transfer_answered_reports_ringing_and_answered() -> None:
+    async with transfer_rig(target=ANSWERS, mode="attended") as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        stats = await greeted(rig, call)
+        press(rig.sim, call, "0")
+        ringing = await asyncio.wait_for(stats.wait_reply("transfer_ringing"), 5)
+        assert ringing == {"event": "transfer_ringing", "target": ANSWERS}
+        assert not stats.call.finished.is_set()  # the bot stays while the target rings
+        answered = await asyncio.wait_for(stats.wait_reply("transfer_answered"), 5)
+        assert answered == {"event": "transfer_answered", "target": ANSWERS}
+        await asyncio.wait_for(stats.call.finished.wait(), 5)  # then the bot leaves
+        originate = await rig.sim.wait_request("POST", r"^/ari/channels$")
+        target_id = originate.query["channelId"]
+        await asyncio.wait_for(rig.sim.wait_request(
+            "POST", rf"^/ari/bridges/{call.bridge_id}/addChannel$", nth=2), 5)  # fmt: skip
+        assert rig.sim.channels[target_id].bridge_id == call.bridge_id
+        assert not [c for c in rig.sim.channels if c.startswith("pcb-em-")]  # media gone
+        # The person hangs up first: the caller is hung up, nothing is left.
+        rig.sim._hangup(rig.sim.channels[target_id], "far")
+        await asyncio.wait_for(call.ended, 5)
+        await nothing_left(rig)
+
+
+async def test_caller_hanging_up_while_the_target_rings_leaves_nothing() -> None:
+    async with transfer_rig(target=NEVER, mode="attended", transfer_timeout=20) as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        stats = await greeted(rig, call)
+        press(rig.sim, call, "0")
+        await asyncio.wait_for(stats.wait_reply("transfer_ringing"), 5)
+        originate = await rig.sim.wait_request("POST", r"^/ari/channels$")
+        target_id = originate.query["channelId"]
+        assert target_id in rig.sim.channels
+        caller_hangs_up(rig.sim, call)
+        await nothing_left(rig)
+        assert target_id not in rig.sim.channels
+        assert not [c for c in rig.sim.channels if c.endswith(";2")]
+
+
+async def test_the_bots_dtmf_reaches_the_callers_far_end() -> None:
+    async with transfer_rig() as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        stats = await greeted(rig, call)
+        press(rig.sim, call, "9")
+        await asyncio.wait_for(stats.wait_control("dtmf"), 5)
+        await asyncio.wait_for(call.wait_dtmf(4), 5)
+        assert call.digits_received == "123#"
+        sent = await rig.sim.wait_request("POST", rf"^/ari/channels/{call.caller_id}/dtmf$")
+        assert sent.query["dtmf"] == "123#"
+        caller_hangs_up(rig.sim, call)
+        await nothing_left(rig)
+
+
+async def test_a_hang_up_with_cause_busy_reaches_the_far_end_as_17() -> None:
+    async with transfer_rig(hangup_cause="busy") as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        stats = await greeted(rig, call)
+        press(rig.sim, call, "#")
+        await asyncio.wait_for(stats.wait_control("hangup"), 5)
+        await asyncio.wait_for(call.ended, 5)
+        assert call.far_end_cause == 17
+        hangup = await rig.sim.wait_request("DELETE", rf"^/ari/channels/{call.caller_id}$")
+        assert hangup.query == {"reason": "busy"}
+        await nothing_left(rig)
+
+
+async def test_the_api_transfers_like_the_bot_and_a_location_continues_the_caller() -> None:
+    async with transfer_rig() as rig:
+        call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
+        stats = await greeted(rig, call)
+        (live,) = rig.controller.registry.calls.values()
+        host, port = rig.controller.http_api.address
+        url = f"http://{host}:{port}/calls/{live.ids.call_id}/transfer"
+        async with aiohttp.ClientSession() as session, session.post(
+            url, json={"target": "206@agents"}
+        ) as resp:
+            assert resp.status == 202
+        cont = await asyncio.wait_for(rig.sim.wait_request(
+            "POST", rf"^/ari/channels/{call.caller_id}/continue$"), 5)  # fmt: skip
+        assert cont.status == 204
+        assert call.continued_to == ("agents", "206", 1)
+        await asyncio.wait_for(stats.call.finished.wait(), 5)  # the bot got `stop`
+        await nothing_left(rig)
