@@ -126,9 +126,10 @@ async def test_attended_transfer_failing_tells_the_bot_which_keeps_the_caller(
         # The bot keeps talking to the caller: its "sorry" reaches the caller's ear.
         await asyncio.wait_for(stats.wait_prompts(3), 5)
         before = len(bot_audio(call))
-        async with asyncio.timeout(5):
-            while len(bot_audio(call)) < before + PROMPTS["sorry"][1] // 20:
-                await asyncio.sleep(0.05)
+        assert call.media is not None
+        sorry = PROMPTS["sorry"][1] // 20
+        await asyncio.wait_for(call.media.wait_received(
+            lambda: len(bot_audio(call)) >= before + sorry), 5)  # fmt: skip
         (live,) = rig.controller.registry.calls.values()
         assert live.state is CallState.UP
         assert not call.ended.done()

@@ -43,6 +43,8 @@ class EmMedia(asyncio.DatagramProtocol):
         self.send_errors = 0
         self.echo: EchoStream | None = None  # set while bridged to an echoing far end
         self.on_audio: Callable[[bytes], None] | None = None  # every accepted packet
+        # wait_received(): conditions checked after every accepted packet
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -67,6 +69,8 @@ class EmMedia(asyncio.DatagramProtocol):
                 self.received.append((now, data, source))
             if self.on_audio is not None:
                 self.on_audio(data)
+            if self._waiters:
+                self._wake()
             if self.echo is not None and self.format == "ulaw":
                 echoed = self.echo.echo(data)
                 if echoed is not None:
@@ -74,6 +78,22 @@ class EmMedia(asyncio.DatagramProtocol):
             return
         if self._keep:
             self.dropped.append((now, data, source, reason))
+
+    async def wait_received(self, condition: Callable[[], bool]) -> None:
+        """Until `condition` (of `received`, say) holds, checked as each packet arrives."""
+        if condition():
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((condition, waiter))
+        try:
+            await waiter
+        finally:
+            self._waiters = [(c, w) for c, w in self._waiters if w is not waiter]
+
+    def _wake(self) -> None:
+        for condition, waiter in self._waiters:
+            if not waiter.done() and condition():
+                waiter.set_result(None)
 
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1  # ICMP port unreachable: nobody listens at external_host (yet)
