@@ -294,7 +294,7 @@ class Controller:
         """When to claim `channel` (loop time), or None: this process cannot take it now."""
         args = broadcast_args(channel.app_data)
         transport = option_from_args(args, "transport") or self.settings.transport
-        active = len(self.registry.active) + len(self._claimed - {channel.id})
+        active = self.registry.busy() + len(self._claimed - {channel.id})
         max_calls = self.settings.max_calls
         full = "max calls reached (with claims won)" if max_calls and active >= max_calls else ""
         return self.claim_policy.claim_at(

@@ -328,7 +328,7 @@ class OutboundCalls:
     def _over_limit(self) -> str:
         """Originates still waiting for Asterisk's answer hold a place too."""
         max_calls = self._settings.max_calls
-        if max_calls and len(self._registry.active) + len(self._in_flight) >= max_calls:
+        if max_calls and self._registry.busy() + len(self._in_flight) >= max_calls:
             return "max calls reached"
         return ""
 

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 from ari.events import AriEvent, BridgeDestroyed, Dial, PlaybackFinished, RecordingEvent
+from bridge.call.machine import CallState
 from bridge.call.runner import Call
 
 
@@ -82,7 +83,17 @@ class CallRegistry:
         return self.by_channel.get(channel.id) if channel is not None else None
 
     def calls_on(self, transport: str) -> int:
-        return sum(1 for t in self.active.values() if t == transport)
+        """Calls holding a media resource of `transport` (a transferred call holds none)."""
+        return sum(1 for cid, t in self.active.items() if t == transport and self._ours(cid))
+
+    def busy(self) -> int:
+        """Calls that count towards --max-calls: active ones whose caller is not a
+        transfer target's now (those hold no bot and no media of ours)."""
+        return sum(1 for cid in self.active if self._ours(cid))
+
+    def _ours(self, call_id: str) -> bool:
+        call = self.calls.get(call_id)
+        return call is None or call.state is not CallState.TRANSFERRED
 
 
 def admission(
@@ -96,6 +107,6 @@ def admission(
     """Why a new call on `transport` cannot be taken now, or "" if it can."""
     if draining:
         return "bridge draining"
-    if max_calls and len(registry.active) >= max_calls:
+    if max_calls and registry.busy() >= max_calls:
         return "max calls reached"
     return transport_unavailable(transport, registry.calls_on)

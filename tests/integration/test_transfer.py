@@ -100,6 +100,10 @@ async def test_blind_transfer_plays_the_bots_last_words_then_bridges_the_target(
         assert sorted(members) == sorted([call.caller_id, target_id])
         (live,) = rig.controller.registry.calls.values()
         assert live.state is CallState.TRANSFERRED
+        # It holds no bot, no port and no place under --max-calls any more.
+        assert rig.controller.registry.busy() == 0
+        assert rig.controller.registry.calls_on("rtp") == 0
+        assert rig.controller.pool.in_use == 0
         view = live.view()
         assert view.transfer == {"target": ANSWERS, "mode": "blind",
                                  "target_channel": target_id, "outcome": "answered"}  # fmt: skip
