@@ -34,15 +34,22 @@ Fault knobs (none of them recorded; each follows what Asterisk does, as document
 The other two transports: `external` (ExternalMedia over AudioSocket and chan_websocket, with
 `audiosocket` and `chan_websocket` the protocol modules and `links` the far end through them) and
 `dialplan` (`dial_audiosocket`, `dial_websocket`: the dialplan calling the bridge, no ARI).
-`originate`: `POST /channels` into the app (outbound calls), ringing, then answering or failing
-as recorded (`far_ends`, `technologies`).
+`originate`: `POST /channels` into the app (outbound calls, transfer targets) and
+`/channels/create` + `/dial`, ringing, then answering or failing as recorded, per endpoint
+(`targets`: `sim.targets["PJSIP/1001"] = TargetBehaviour.answer(after=0.2)`, `technologies`).
+`bridgemedia`: softmix RTP, ring-back (`POST /bridges/{id}/play`), bridge music on hold, and
+`/playbacks/{id}`; `recorder`: bridge and channel recordings, live and stored, their WAV files
+(`stored_recordings`, `recording_faults`); `snoop`: snoop channels (`snoop_stasis_delay`).
+What the far end got from the app is on its `SimCall`: `dtmf_received` (`wait_dtmf()`),
+`far_end_cause`, `heard` / `hearing` (ring-back, music on hold).
 
 Layout (modules of `bridge.tools.sim`): `media` is the UDP side (`EmMedia`, `SimCall`); `core` is
 the channel and bridge state and the events its changes emit (`AsteriskCore`); `resources` the
 ARI resources that change it; `callers` the calls arriving from the dialplan; `control` the
-play/continue rules from Asterisk's source; this module is the aiohttp
-layer (ARI REST routing, authentication, fault injection, restart, the events WebSocket) and the
-public API.
+play/continue/DTMF rules from Asterisk's source; `causes` hang-up causes and reasons; `targets`
+what dialled endpoints do; `mixing` the pure audio of softmix and recordings; this module is
+the aiohttp layer (ARI REST routing, authentication, fault injection, restart, the events
+WebSocket) and the public API.
 """
 
 from __future__ import annotations

@@ -341,6 +341,11 @@ class AsteriskBridgeMedia(AsteriskOriginate):
         self._senders.pop(ch.id, None)
         super()._remove(ch, by)
 
+    def _cancel_timers(self) -> None:
+        for media in self._bridge_media.values():
+            media.cancel()
+        super()._cancel_timers()
+
     def _forget_all(self) -> None:
         for media in self._bridge_media.values():
             media.cancel()

@@ -484,6 +484,11 @@ class AsteriskOriginate(AsteriskDialplan):
                         if cid in self.channels and cid not in found.channels)  # fmt: skip
         return replace(found, channels=found.channels + ringing)
 
+    def _cancel_timers(self) -> None:
+        for dial in self._dialled.values():
+            dial.cancel()
+        super()._cancel_timers()
+
     def _forget_all(self) -> None:
         for dial in self._dialled.values():
             dial.cancel()

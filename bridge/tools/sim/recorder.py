@@ -430,6 +430,12 @@ class AsteriskRecorder(AsteriskBridgeMedia):
         self.sounds.pop(f"recording:{name}", None)
         return Reply(204)
 
+    def _cancel_timers(self) -> None:
+        for recording in self.live_recordings.values():
+            if recording.end is not None:
+                recording.end.cancel()
+        super()._cancel_timers()
+
     def _forget_all(self) -> None:
         for recording in self.live_recordings.values():
             if recording.end is not None:

@@ -10,7 +10,9 @@ the externalMedia checks that produce them.
 
 Playback (`POST /channels/{id}/play`, PlaybackStarted/PlaybackFinished) is in no recording: its
 shapes follow Asterisk 23's source (see `PLAYBACK`), wrapped like the recorded sibling resource,
-the bridge recording (`RecordingStarted`, the 201 + Location answer of `/record`).
+the bridge recording (`RecordingStarted`, the 201 + Location answer of `/record`). Recordings'
+events and bodies are the recorded ones (bridge_record_mixed); RecordingFailed, never recorded,
+is RecordingFinished's envelope with res_stasis_recording.c's `cause` (`_recording_failed`).
 
 RTP: the header stream Asterisk 23.4.1 started on a UnicastRTP channel (basic_ulaw, slin16):
 V=2, no padding/extension/CSRC, marker 0 on the first packet, first timestamp = one packet's

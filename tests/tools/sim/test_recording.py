@@ -175,7 +175,7 @@ async def test_snoops_record_each_direction(sim: SimulatedAsterisk, ari: Ari) ->
     assert still.body["technology"] == "simple_bridge"  # snoops are no bridge members
     assert still.body["channels"] == [cid, "em-snoop"]
     await call.bridged
-    await send_ours(bridged, 60)
+    await send_ours(bridged, 25)
     for spy in ("in", "out"):
         quoted = names[spy].replace("/", "%2F")
         assert (await ari.request("POST", f"/ari/recordings/live/{quoted}/stop")).status == 204
@@ -260,6 +260,10 @@ async def test_a_recording_ends_with_its_bridge(sim: SimulatedAsterisk, ari: Ari
     assert (await ari.request("POST", f"/ari/bridges/{bid}/record", name="b1",
                               format="wav")).status == 201  # fmt: skip
     await events.wait_for("RecordingStarted")
+    # The Recorder makes the bridge mix: RTP every 20 ms although nobody talks (recorded).
+    silence = [await bridged.udp.recv() for _ in range(5)]
+    assert {data[12:] for _, data, _ in silence} == {b"\xff" * 160}
+    assert silence[-1][0] - silence[0][0] == pytest.approx(0.08, abs=0.04)
     assert (await ari.request("DELETE", f"/ari/bridges/{bid}")).status == 204
     finished = await events.wait_for("RecordingFinished")
     destroyed = await events.bridge_destroyed(bid)
