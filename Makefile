@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# `make demo TRANSPORT=audiosocket|websocket`: the same call over another transport.
+# `make demo TRANSPORT=audiosocket|websocket`: the same call over another transport;
+# `make demo SCENARIO=transfer`: a bot hands the caller to a person (and the call is recorded).
 demo: $(STAMP)
-	$(BIN)/python -m bridge.tools.demo $(if $(TRANSPORT),--transport $(TRANSPORT))
+	$(BIN)/python -m bridge.tools.demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(SCENARIO),--scenario $(SCENARIO))
 
 # The bridge against a naive relay under the same load (a few minutes; `--quick`: ~30 s).
 # `make bench TRANSPORT=audiosocket|websocket`: the bridge alone over that transport.

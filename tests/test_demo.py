@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.tools.demo.run import _demo, _parse_args
+from bridge.tools.demo.transfer_demo import run_demo
 
 
 async def test_demo_call_runs_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,3 +50,14 @@ def test_demo_refuses_what_it_cannot_show() -> None:
         _parse_args(["--dialplan"])  # RTP needs ARI
     with pytest.raises(SystemExit):
         _parse_args(["--transport", "audiosocket", "--format", "ulaw"])
+
+
+async def test_transfer_demo_hands_the_caller_to_a_person(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert await run_demo() == 0
+    out = capsys.readouterr().out
+    assert "Demo OK" in out
+    assert "Left behind: nothing" in out
+    assert "bot    got transfer_answered" in out
+    assert "Recording: demo/" in out and ", done" in out

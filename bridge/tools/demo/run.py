@@ -65,6 +65,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dialplan", action="store_true",
                         help="the call comes from the dialplan alone (AudioSocket() or "
                              "Dial(WebSocket/...)), no ARI; audiosocket or websocket only")
+    parser.add_argument("--scenario", choices=("echo", "transfer"), default="echo",
+                        help="echo: one call to an echo bot; transfer: a bot hands the caller "
+                             "to a person (ARI, RTP)")  # fmt: skip
     parser.add_argument("--audio", type=Path, help="caller audio: a WAV, 8 kHz mono 16-bit")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where WAVs go")
     parser.add_argument("--bot-hangs-up-after", type=float, default=6.0, metavar="S",
@@ -485,4 +488,8 @@ def _report(sim: SimulatedAsterisk, call: SimCall | DialplanCall, media: Media,
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging("console", args.log_level)
+    if args.scenario == "transfer":
+        from bridge.tools.demo.transfer_demo import run_demo
+
+        return asyncio.run(run_demo(args.log_level))
     return asyncio.run(_demo(args))

@@ -134,6 +134,8 @@ class TransferCallStats:
     prompts: list[str] = field(default_factory=list)  # PROMPTS names, in the order queued
     controls: list[dict[str, Any]] = field(default_factory=list)  # pushed towards the bridge
     replies: list[dict[str, Any]] = field(default_factory=list)  # the bridge's, as received
+    # (loop time, "sent <event>" | "got <event>"): the control messages and replies in order
+    timeline: list[tuple[float, str]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def wait_control(self, event: str, nth: int = 1) -> dict[str, Any]:
@@ -229,6 +231,7 @@ class TransferBotProcessor(FrameProcessor):
 
     async def _on_reply(self, reply: dict[str, Any]) -> None:
         self._stats.replies.append(reply)
+        self._stats.timeline.append((asyncio.get_running_loop().time(), f"got {reply['event']}"))
         self._stats.changed.set()
         if reply["event"] == "transfer_failed":
             await self._say("sorry")  # the caller stays with the bot
@@ -247,6 +250,8 @@ class TransferBotProcessor(FrameProcessor):
     ) -> None:
         await self.push_frame(frame)
         self._stats.controls.append(dict(frame.message))
+        self._stats.timeline.append((asyncio.get_running_loop().time(),
+                                     f"sent {frame.message['event']}"))  # fmt: skip
         self._stats.changed.set()
 
 
