@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.tools.sim.recording import load_recording
+from bridge.tools.sim.templates import Templates
 
 LATER = [
     "transfer_originate_answer",
@@ -71,3 +72,22 @@ def test_synthetic_fixtures_change_only_the_target(scenario: str, exten: str) ->
         (ex.method, ex.status) for ex in busy.rest
     ]
     assert synthetic.caller_ids() == busy.caller_ids()
+
+
+@pytest.mark.parametrize("scenario", LATER)
+def test_templates_render_the_later_recordings_byte_exact(scenario: str) -> None:
+    """Every event the simulator emits for these flows comes from a recorded template whose
+    keys and order are the recording's: rendering the recorded values gives its raw frame."""
+    templates = Templates.from_recordings()
+    for event in load_recording(scenario).events:
+        kind = event.type
+        if kind == "ChannelHangupRequest" and "soft" not in event.data:
+            kind = "ChannelHangupRequest/far"
+        assert list(event.data) == list(templates.events[kind]), (scenario, kind)
+        assert templates.event(kind, **event.data) == event.raw
+
+
+def test_recording_failed_is_recording_finished_with_a_cause() -> None:
+    failed = Templates.from_recordings().events["RecordingFailed"]
+    assert list(failed) == ["type", "timestamp", "recording", "asterisk_id", "application"]
+    assert list(failed["recording"]) == ["name", "format", "state", "target_uri", "cause"]
