@@ -618,6 +618,18 @@ class Call:
             self.log.info("bot_notified", message=message.get("event"),
                           cause=message.get("cause"))  # fmt: skip
 
+    def _recordings_logged(self) -> list[dict[str, str]] | str:
+        """What the end line says of recordings: each file, or why there is none."""
+        done = [r.as_dict() for r in getattr(self.machine, "recordings", ())]
+        if done:
+            return done
+        plan = getattr(self.machine, "record_plan", None)
+        if plan is None:
+            return "none: a call from the dialplan alone cannot be recorded"
+        if plan.mode.value == "none":
+            return "none: --record none and the bot did not ask"
+        return "none: the call ended before the bot was connected"
+
     def _own(self, channel_id: str) -> None:
         self.channels.add(channel_id)
         if self._on_channel is not None:
@@ -647,7 +659,7 @@ class Call:
             bot_bad_messages=self.bot_bad_messages,
             dtmf=self.dtmf_sent,
             transfer=self._transfer_view(),
-            recordings=[r.as_dict() for r in getattr(self.machine, "recordings", ())] or None,
+            recordings=self._recordings_logged(),
             **self.leg.stats(),
         )
         if not self.finished.done():
