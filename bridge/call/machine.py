@@ -68,6 +68,7 @@ from bridge.bot.control import (
     HangupWithCause,
     RecordControl,
     RecordMode,
+    TransferCause,
     TransferMode,
     TransferRequest,
 )
@@ -285,6 +286,7 @@ _NEVER_FATAL = (
 )  # fmt: skip
 
 K = ResourceKind
+BOT_REQUESTS = (TransferRequest, HangupWithCause, DtmfOut, RecordControl)
 ChannelLeaving = ChannelHangupRequest | StasisEnd | ChannelDestroyed | ChannelVanished
 
 
@@ -393,6 +395,8 @@ class CallMachine(Outbox, BotRedial, CallTransfer, CallRecorder):
     def handle(self, event: MachineInput, now: float) -> None:
         trigger = TRIGGERS.get((self.state, type(event)))
         if trigger is None:
+            if isinstance(event, BOT_REQUESTS):
+                self._request_ignored(event)
             return  # nothing to do in this state (ENDED takes nothing)
         self._now = now
         next_state, do = trigger
@@ -816,6 +820,16 @@ class CallMachine(Outbox, BotRedial, CallTransfer, CallRecorder):
         self._advance_caller()
 
     # ---- the bot's control messages ------------------------------------------------------
+
+    def _request_ignored(self, request: BotRequest) -> None:
+        """A control request this state has no use for (a transfer while one rings, before
+        the call is up, once it ends): said in the log, and to the bot for a transfer."""
+        if self.state is CallState.ENDED:
+            return
+        self._note("bot_control_ignored", request=type(request).__name__,
+                   state=self.state.value)  # fmt: skip
+        if isinstance(request, TransferRequest):
+            self._notify("transfer_failed", request.target, TransferCause.FAILED)
 
     def _on_transfer_request(self, request: TransferRequest) -> None:
         back_to = self.state

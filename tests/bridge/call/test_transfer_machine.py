@@ -387,9 +387,12 @@ def test_a_second_transfer_while_one_rings_is_refused() -> None:
     h = up("transfer_originate_answer")
     (originate,) = request(h, TransferMode.ATTENDED)
     h.done(originate)
-    # TransferRequest is taken in UP and BOT_AWAY only: while one rings, nothing happens.
-    assert request(h, TransferMode.ATTENDED) == []
+    # TransferRequest is taken in UP and BOT_AWAY only: while one rings, the bot is told no.
+    (refused,) = request(h, TransferMode.ATTENDED)
+    assert isinstance(refused, NotifyBot) and refused.message["cause"] == "failed"
     assert h.machine.state is CallState.TRANSFERRING
+    assert any(getattr(c, "event", "") == "bot_control_ignored"
+               for c in h.machine.changes_to_report())  # fmt: skip
 
 
 def test_a_transfer_while_the_bot_is_away_is_blind() -> None:
