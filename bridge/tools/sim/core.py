@@ -437,6 +437,8 @@ class AsteriskCore(ABC):
         self.counts["playbacks"] += 1
         playback.state = "playing"
         self._emit("PlaybackStarted", app=ch.app or None, playback=playback.values())
+        if ch.call is not None:
+            ch.call.heard.append((self._running_loop().time(), "start", playback.media))
         outcome = playback_outcome(playback.media, self.sounds, self.default_sound_seconds)
         if outcome is None:
             return  # no final update in play_on_channel: no PlaybackFinished (control.py)
@@ -458,6 +460,8 @@ class AsteriskCore(ABC):
         self._playbacks.pop(playback.id, None)
         playback.state = state
         self._emit("PlaybackFinished", app=ch.app or None, playback=playback.values())
+        if ch.call is not None:
+            ch.call.heard.append((self._running_loop().time(), "stop", playback.media))
         self._run_queued(ch)
 
     # -- the whole state ---------------------------------------------------------------

@@ -137,7 +137,7 @@ class AsteriskOriginate(AsteriskDialplan):
         checks.append((not tech or not resource, "Invalid endpoint specified"))
         if originate:
             checks.append((not q.get("app"), "Application or extension must be specified"))
-            checks.append((q.get("originator") and q["originator"] not in self.channels,
+            checks.append((q.get("originator") and self._by_name(q["originator"]) is None,
                            "Provided originator channel was not found"))  # fmt: skip
         for failed, message in checks:
             if failed:
@@ -163,7 +163,9 @@ class AsteriskOriginate(AsteriskDialplan):
         if q.get("callerId"):
             ch.caller = ch.connected = parse_caller_id(q["callerId"])
         elif q.get("originator"):
-            ch.connected = self.channels[q["originator"]].caller
+            originator = self._by_name(q["originator"])
+            assert originator is not None
+            ch.connected = originator.caller  # begin_dial_prerun() copies the requester's caller
         return Reply(200, self._snapshot(ch), after=lambda: self._start_dial(dial, q))
 
     async def _create(self, q: dict[str, str]) -> Reply:
@@ -187,6 +189,11 @@ class AsteriskOriginate(AsteriskDialplan):
             return error_reply(409, "Dialing a channel not created by ARI")
         timeout = max(0, c_atol(q.get("timeout")))
         return Reply(204, after=lambda: self._when_idle(ch, lambda: self._run_dial(dial, timeout)))
+
+    def _by_name(self, name: str) -> SimChannel | None:
+        """ast_channel_get_by_name(): a channel by its unique id or by its name."""
+        found = self.channels.get(name)
+        return found or next((c for c in self.channels.values() if c.name == name), None)
 
     def _new_dialled(self, q: dict[str, str], created: bool) -> Dialled:
         endpoint = q["endpoint"]

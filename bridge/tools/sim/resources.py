@@ -174,7 +174,16 @@ class AsteriskResources(ExternalTransports):
         refused = state_invalid(ch.state)
         if refused is not None:
             return refused
-        return Reply(204, after=lambda: self._when_idle(ch, lambda: setattr(ch, "moh", moh_class)))
+        return Reply(204, after=lambda: self._when_idle(ch, lambda: self._set_moh(ch, moh_class)))
+
+    def _set_moh(self, ch: SimChannel, moh_class: str | None) -> None:
+        if ch.moh != moh_class and ch.call is not None:  # what the caller hears changes
+            now = self._running_loop().time()
+            if ch.moh is not None:
+                ch.call.heard.append((now, "stop", f"moh:{ch.moh}"))
+            if moh_class is not None:
+                ch.call.heard.append((now, "start", f"moh:{moh_class}"))
+        ch.moh = moh_class
 
     async def _delete_channel(self, q: dict[str, str], cid: str) -> Reply:
         """DELETE /channels/{id}[?reason=|reason_code=] (ast_ari_channels_hangup): any channel,

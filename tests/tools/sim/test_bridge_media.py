@@ -190,3 +190,24 @@ async def test_softmix_sends_the_mix_every_20_ms(sim: SimulatedAsterisk, ari: Ar
     await hang_up(ari, bridged)
     await events.bridge_destroyed(bid)
     assert_nothing_left(sim)
+
+
+async def test_channel_ringback_and_hold_are_heard_too(sim: SimulatedAsterisk, ari: Ari) -> None:
+    events = await ari.connect()
+    call = await sim.place_call("basic_ulaw", audio=b"")
+    await events.wait_for("StasisStart", call.caller_id)
+    path = f"/ari/channels/{call.caller_id}"
+    assert (await ari.request("POST", f"{path}/play", media="tone:ring",
+                              playbackId="cr-1")).status == 201  # fmt: skip
+    await events.wait_for("PlaybackStarted")
+    assert call.hearing == ["tone:ring"]  # a tone plays until it is stopped
+    assert (await ari.request("DELETE", "/ari/playbacks/cr-1")).status == 204
+    finished = await events.wait_for("PlaybackFinished")
+    assert finished["playback"]["state"] == "done" and call.hearing == []
+    assert (await ari.request("POST", f"{path}/moh", mohClass="jazz")).status == 204
+    assert call.hearing == ["moh:jazz"]
+    assert (await ari.request("DELETE", f"{path}/moh")).status == 204
+    assert call.hearing == []
+    assert (await ari.request("DELETE", path)).status == 204
+    await events.wait_for("StasisEnd", call.caller_id)
+    assert_nothing_left(sim)
