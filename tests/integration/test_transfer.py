@@ -46,9 +46,9 @@ def press(sim: SimulatedAsterisk, call: SimCall, digit: str) -> None:
 
 
 async def greeted(rig: Rig, call: SimCall) -> TransferCallStats:
-    await asyncio.wait_for(call.bridged, 5)
-    stats: TransferCallStats = await asyncio.wait_for(rig.bot.stats.next_call(), 5)  # type: ignore[attr-defined]
-    await asyncio.wait_for(stats.wait_prompts(1), 5)
+    await asyncio.wait_for(call.bridged, 10)
+    stats: TransferCallStats = await asyncio.wait_for(rig.bot.stats.next_call(), 10)  # type: ignore[attr-defined]
+    await asyncio.wait_for(stats.wait_prompts(1), 10)
     return stats
 
 
@@ -78,10 +78,10 @@ async def test_blind_transfer_plays_the_bots_last_words_then_bridges_the_target(
         call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
         stats = await greeted(rig, call)
         press(rig.sim, call, "0")
-        transfer = await asyncio.wait_for(stats.wait_control("transfer"), 5)
+        transfer = await asyncio.wait_for(stats.wait_control("transfer"), 10)
         assert transfer == {"event": "transfer", "target": ANSWERS, "mode": "blind"}
         originate = await asyncio.wait_for(
-            rig.sim.wait_request("POST", r"^/ari/channels$"), 5)  # fmt: skip
+            rig.sim.wait_request("POST", r"^/ari/channels$"), 10)  # fmt: skip
         # Every frame of the greeting and of "putting you through" was played before the
         # target was dialled, and nothing of the bot after.
         frames = bot_audio(call)
@@ -91,10 +91,10 @@ async def test_blind_transfer_plays_the_bots_last_words_then_bridges_the_target(
         assert originate.query["originator"] == call.caller_id
         assert originate.query["app"] == rig.sim.app and originate.query["appArgs"] == "transfer"
         # The bot leaves: it gets `stop`, its socket closes; the media channel goes.
-        await asyncio.wait_for(stats.call.finished.wait(), 5)
+        await asyncio.wait_for(stats.call.finished.wait(), 10)
         target_id = originate.query["channelId"]
         joined = await asyncio.wait_for(rig.sim.wait_request(
-            "POST", rf"^/ari/bridges/{call.bridge_id}/addChannel$", nth=2), 5)  # fmt: skip
+            "POST", rf"^/ari/bridges/{call.bridge_id}/addChannel$", nth=2), 10)  # fmt: skip
         assert joined.query["channel"] == target_id and joined.status == 204
         members = [c for c, ch in rig.sim.channels.items() if ch.bridge_id == call.bridge_id]
         assert sorted(members) == sorted([call.caller_id, target_id])
@@ -128,12 +128,12 @@ async def test_attended_transfer_failing_tells_the_bot_which_keeps_the_caller(
         failed = await asyncio.wait_for(stats.wait_reply("transfer_failed"), 10)
         assert failed == {"event": "transfer_failed", "target": target, "cause": cause}
         # The bot keeps talking to the caller: its "sorry" reaches the caller's ear.
-        await asyncio.wait_for(stats.wait_prompts(3), 5)
+        await asyncio.wait_for(stats.wait_prompts(3), 10)
         before = len(bot_audio(call))
         assert call.media is not None
         sorry = PROMPTS["sorry"][1] // 20
         await asyncio.wait_for(call.media.wait_received(
-            lambda: len(bot_audio(call)) >= before + sorry), 5)  # fmt: skip
+            lambda: len(bot_audio(call)) >= before + sorry), 10)  # fmt: skip
         (live,) = rig.controller.registry.calls.values()
         assert live.state is CallState.UP
         assert not call.ended.done()
@@ -149,21 +149,21 @@ async def test_attended_transfer_answered_reports_ringing_and_answered() -> None
         call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
         stats = await greeted(rig, call)
         press(rig.sim, call, "0")
-        ringing = await asyncio.wait_for(stats.wait_reply("transfer_ringing"), 5)
+        ringing = await asyncio.wait_for(stats.wait_reply("transfer_ringing"), 10)
         assert ringing == {"event": "transfer_ringing", "target": ANSWERS}
         assert not stats.call.finished.is_set()  # the bot stays while the target rings
-        answered = await asyncio.wait_for(stats.wait_reply("transfer_answered"), 5)
+        answered = await asyncio.wait_for(stats.wait_reply("transfer_answered"), 10)
         assert answered == {"event": "transfer_answered", "target": ANSWERS}
-        await asyncio.wait_for(stats.call.finished.wait(), 5)  # then the bot leaves
+        await asyncio.wait_for(stats.call.finished.wait(), 10)  # then the bot leaves
         originate = await rig.sim.wait_request("POST", r"^/ari/channels$")
         target_id = originate.query["channelId"]
         await asyncio.wait_for(rig.sim.wait_request(
-            "POST", rf"^/ari/bridges/{call.bridge_id}/addChannel$", nth=2), 5)  # fmt: skip
+            "POST", rf"^/ari/bridges/{call.bridge_id}/addChannel$", nth=2), 10)  # fmt: skip
         assert rig.sim.channels[target_id].bridge_id == call.bridge_id
         assert not [c for c in rig.sim.channels if c.startswith("pcb-em-")]  # media gone
         # The person hangs up first: the caller is hung up, nothing is left.
         rig.sim._hangup(rig.sim.channels[target_id], "far")
-        await asyncio.wait_for(call.ended, 5)
+        await asyncio.wait_for(call.ended, 10)
         await nothing_left(rig)
 
 
@@ -172,7 +172,7 @@ async def test_caller_hanging_up_while_the_target_rings_leaves_nothing() -> None
         call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
         stats = await greeted(rig, call)
         press(rig.sim, call, "0")
-        await asyncio.wait_for(stats.wait_reply("transfer_ringing"), 5)
+        await asyncio.wait_for(stats.wait_reply("transfer_ringing"), 10)
         originate = await rig.sim.wait_request("POST", r"^/ari/channels$")
         target_id = originate.query["channelId"]
         assert target_id in rig.sim.channels
@@ -187,8 +187,8 @@ async def test_the_bots_dtmf_reaches_the_callers_far_end() -> None:
         call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
         stats = await greeted(rig, call)
         press(rig.sim, call, "9")
-        await asyncio.wait_for(stats.wait_control("dtmf"), 5)
-        await asyncio.wait_for(call.wait_dtmf(4), 5)
+        await asyncio.wait_for(stats.wait_control("dtmf"), 10)
+        await asyncio.wait_for(call.wait_dtmf(4), 10)
         assert call.digits_received == "123#"
         sent = await rig.sim.wait_request("POST", rf"^/ari/channels/{call.caller_id}/dtmf$")
         assert sent.query["dtmf"] == "123#"
@@ -201,8 +201,8 @@ async def test_a_hang_up_with_cause_busy_reaches_the_far_end_as_17() -> None:
         call = await rig.sim.place_call("basic_ulaw", hangup_after=30)
         stats = await greeted(rig, call)
         press(rig.sim, call, "#")
-        await asyncio.wait_for(stats.wait_control("hangup"), 5)
-        await asyncio.wait_for(call.ended, 5)
+        await asyncio.wait_for(stats.wait_control("hangup"), 10)
+        await asyncio.wait_for(call.ended, 10)
         assert call.far_end_cause == 17
         hangup = await rig.sim.wait_request("DELETE", rf"^/ari/channels/{call.caller_id}$")
         assert hangup.query == {"reason": "busy"}
@@ -221,8 +221,8 @@ async def test_the_api_transfers_like_the_bot_and_a_location_continues_the_calle
         ) as resp:
             assert resp.status == 202
         cont = await asyncio.wait_for(rig.sim.wait_request(
-            "POST", rf"^/ari/channels/{call.caller_id}/continue$"), 5)  # fmt: skip
+            "POST", rf"^/ari/channels/{call.caller_id}/continue$"), 10)  # fmt: skip
         assert cont.status == 204
         assert call.continued_to == ("agents", "206", 1)
-        await asyncio.wait_for(stats.call.finished.wait(), 5)  # the bot got `stop`
+        await asyncio.wait_for(stats.call.finished.wait(), 10)  # the bot got `stop`
         await nothing_left(rig)
