@@ -494,6 +494,15 @@ class CallMachine(Outbox, BotRedial, CallTransfer, CallRecorder):
         self._media_ended_deadline = self._now + MEDIA_ENDED_GRACE
 
     def _on_hangup_requested(self, event: HangupRequested) -> None:
+        if event.by is EndedBy.BOT and self.state in (TRANSFERRING, TRANSFERRED):
+            # A bot that hands the caller over and then ends its pipeline (Pipecat's Twilio
+            # hang-up on EndFrame) must not end the caller's conversation with the person.
+            if self.state is TRANSFERRING:
+                self._note("transfer_now_blind", why="the bot hung up")
+                self._hand_over()
+            else:
+                self._note("bot_hangup_ignored", why="the caller is the transfer target's")
+            return
         if event.drain and not event.caller_gone:
             self._drain_then_end(event)
             return

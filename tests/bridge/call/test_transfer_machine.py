@@ -426,3 +426,23 @@ def test_target_events_before_the_originates_answer_are_not_lost() -> None:
     h.done(originate)
     (delete,) = h.take()
     assert isinstance(delete, HangupChannel) and delete.channel_id == TARGET_ID
+
+
+def test_the_bots_own_hang_up_after_its_transfer_never_ends_the_callers_conversation() -> None:
+    # Pipecat's TwilioFrameSerializer hangs up through the REST API when its pipeline ends:
+    # a bot that transfers and then ends must leave the caller with the person.
+    h = up("transfer_originate_answer")
+    (originate,) = request(h, TransferMode.ATTENDED)
+    h.done(originate)
+    h.machine.handle(HangupRequested("bot hung up (Twilio REST)", by=EndedBy.BOT, drain=True),
+                     h.now)  # fmt: skip
+    assert h.machine.state is CallState.TRANSFERRED  # ringing on, blind now
+    for cmd in h.take():
+        h.done(cmd)
+    h.machine.handle(HangupRequested("bot hung up (Twilio REST)", by=EndedBy.BOT, drain=True),
+                     h.now)  # fmt: skip
+    assert h.machine.state is CallState.TRANSFERRED
+    assert h.take() == []
+    # The API's hang-up still ends it.
+    h.machine.handle(HangupRequested("hung up through the API", by=EndedBy.API), h.now)
+    finish(h, status_404=(HangupChannel,))
