@@ -11,17 +11,30 @@ Every child dies with this process (PR_SET_PDEATHSIG) and is stopped in `finally
 `--transport audiosocket|websocket`: the same load over the bridge's other transports (the
 generator plays Asterisk's end of the AudioSocket / chan_websocket connections, see
 `loadgen`, `rtpgen`). The naive relay speaks RTP only: its column says n/a.
+
+`--workers N --dispatch broadcast`: the bridge runs as a --workers supervisor (apps
+`pipecat-bench-<slot>`, all on the relay's CPUs) and the generator offers every call with
+StasisBroadcast; each block then says each worker's share of the calls, CPU and lost claims,
+and the claim latency. `--dispatch stasis` with workers: each call to a random worker's app.
+The naive relay is one process with one app: it runs in the plain mode only.
+
+Every block also says where packets went (`losses`): kernel drops on the relay's and on the
+generator's UDP sockets, the bridge's rx_late and bot_dropped. `--hog K` runs K busy loops
+(one per CPU, round robin, at --hog-nice) during each run, to see the same under CPU
+contention, as a VM with CPU steal has.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,11 +46,15 @@ from typing import Any
 
 import numpy as np
 
+from bridge.tools.bench import losses
+from bridge.tools.bench.dispatch import shares, split_deviation
 from bridge.tools.bench.procs import (
     child_preexec,
+    cmdline,
     cpu_busy_seconds,
     cpu_seconds,
     cpu_split,
+    descendants,
     status_kib,
     stop,
     usable_cpus,
@@ -52,6 +69,11 @@ FOREIGN_LIMIT = 0.05  # of the relay's core used by processes that are not the r
 LATE_LIMIT_MS = 5.0  # generator tick lateness p99 above this: our input jitter is not 20 ms
 TRANSPORTS = ("rtp", "audiosocket", "websocket")
 RTP_ONLY = ("naive",)  # relays that cannot carry the other transports
+DISPATCHES = ("stasis", "broadcast")
+INSTANCE_ID = "bench"  # --workers: apps pipecat-bench-0, pipecat-bench-1, ...
+HOG = "while True: pass"
+SPLIT_LIMIT = 0.20  # of an even share: 2 workers each within 40-60 % of the calls
+CLAIM_LIMIT_MS = 5.0
 
 
 class HarnessError(RuntimeError):
@@ -97,17 +119,24 @@ class Bench:
         self.args = args
         self.children: list[subprocess.Popen[bytes]] = []
         cpus = usable_cpus()
+        self.cpus = cpus
         self.relay_cpu: int | None = cpus[0] if len(cpus) > 1 else None
         self.harness_cpu: int | None = cpus[1] if len(cpus) > 1 else None
+        # --workers: the supervisor and its workers get every CPU but the harness's (on this
+        # 2-core VM the same one CPU as the plain mode's relay).
+        self.relay_cpus: set[int] | None = None
+        if self.harness_cpu is not None:
+            self.relay_cpus = {c for c in cpus if c != self.harness_cpu}
         self.out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="bridge-bench-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- processes ------------------------------------------------------------------------
 
     def spawn(
-        self, argv: list[str], cpu: int | None, log: str, **kw: Any
+        self, argv: list[str], cpu: int | set[int] | None, log: str, nice: int | None = None,
+        **kw: Any,
     ) -> subprocess.Popen[bytes]:
-        preexec = child_preexec(cpu, nice=self.args.nice)
+        preexec = child_preexec(cpu, nice=self.args.nice if nice is None else nice)
         with open(self.out_dir / log, "ab") as err:
             proc = subprocess.Popen(argv, stderr=err, preexec_fn=preexec, **kw)
         self.children.append(proc)
@@ -119,6 +148,11 @@ class Bench:
                 proc.stdin.close()
             stop(proc, grace=2.0)
         self.children.clear()
+
+    @property
+    def plain(self) -> bool:
+        """One bridge process, Stasis(): the mode the naive relay can be compared in."""
+        return self.args.workers == 1 and self.args.dispatch == "stasis"
 
     def relay_argv(self, relay: str, ports: dict[str, int]) -> tuple[list[str], dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -135,8 +169,13 @@ class Bench:
             "BRIDGE_SETUP_TIMEOUT": "60", "BRIDGE_REST_TIMEOUT": "20",
             "BRIDGE_TRANSPORT": self.args.transport,
             "BRIDGE_AUDIOSOCKET_LISTEN": "127.0.0.1:0", "BRIDGE_WEBSOCKET_LISTEN": "127.0.0.1:0",
-            "BRIDGE_HTTP_LISTEN": "127.0.0.1:0" if self.args.http else "",
+            "BRIDGE_HTTP_LISTEN": f"127.0.0.1:{ports['http_port']}" if self.args.http else "",
         })  # fmt: skip
+        if self.args.workers > 1:
+            env.update({"BRIDGE_WORKERS": str(self.args.workers),
+                        "BRIDGE_INSTANCE_ID": INSTANCE_ID})  # fmt: skip
+        if self.args.claim_max_delay_ms is not None:
+            env["BRIDGE_CLAIM_MAX_DELAY_MS"] = str(self.args.claim_max_delay_ms)
         if self.args.transport == "audiosocket":
             env["BRIDGE_FORMAT"] = "slin"
         if relay == "bridge+uvloop":
@@ -155,7 +194,8 @@ class Bench:
         print(f"  {tag:28} ...", end="", flush=True, file=sys.stderr)
         started = time.monotonic()
         result = RunResult(relay=relay, bot=bot, calls=calls, seconds=seconds,
-                           transport=self.args.transport)
+                           transport=self.args.transport, dispatch=self.args.dispatch,
+                           workers=self.args.workers if relay != "naive" else 1)
         try:
             self._run(result, tag, seconds)
         except HarnessError as exc:
@@ -172,38 +212,58 @@ class Bench:
         a = self.args
         npz = self.out_dir / f"{tag}.npz"
         drain = 1.0 if result.bot == "echo" else 2.5
+        self._start_hogs(tag)
+        workers = a.workers if result.relay != "naive" else 1
         loadgen = self.spawn(
             [sys.executable, "-m", "bridge.tools.bench.loadgen", "--calls", str(result.calls),
              "--bot", result.bot, "--seconds", str(seconds), "--warmup", str(a.warmup),
              "--drain", str(drain), "--rate", str(a.rate), "--password", PASSWORD,
-             "--transport", a.transport, "--out", str(npz)],
+             "--transport", a.transport, "--out", str(npz), "--dispatch", a.dispatch,
+             "--apps", str(workers),
+             "--claim-max-delay-ms", str(150 if a.claim_max_delay_ms is None
+                                         else a.claim_max_delay_ms)],
             self.harness_cpu, f"{tag}.loadgen.log", stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )  # fmt: skip
         lines = Lines(loadgen)
-        ports = lines.expect("ready", 60)
+        ports = dict(lines.expect("ready", 60))
+        ports["http_port"] = free_port_block(workers)
         argv, env = self.relay_argv(result.relay, ports)
-        relay = self.spawn(argv, self.relay_cpu, f"{tag}.relay.log", env=env,
+        relay_cpu = self.relay_cpus if workers > 1 else self.relay_cpu
+        relay = self.spawn(argv, relay_cpu, f"{tag}.relay.log", env=env,
                            stdout=subprocess.DEVNULL)  # fmt: skip
         lines.expect("app_active", 30)
         time.sleep(0.5)
-        rss_idle = status_kib(relay.pid, "VmRSS")
+        tree = [relay.pid, *descendants(relay.pid)]
+        apps = worker_apps(tree) if workers > 1 else {}
+        http_ports = [ports["http_port"] + slot for slot in range(workers)]
+        if result.relay == "naive" or not a.http:
+            http_ports = []
+        rss_idle = sum(status_kib(pid, "VmRSS") for pid in tree)
         harness = [loadgen.pid, int(ports["rtpgen_pid"])]
         assert loadgen.stdin is not None
         loadgen.stdin.write(b"go\n")
         loadgen.stdin.flush()
         result.calls_up = int(lines.expect("calls_up", a.setup_timeout + result.calls / a.rate))
         lines.expect("mark", 30)
-        cpu0, h0, w0 = cpu_seconds(relay.pid), sum(map(cpu_seconds, harness)), time.time()
-        sys0 = cpu_split(relay.pid)[1]
+        per0 = {pid: cpu_seconds(pid) for pid in tree}
+        cpu0, h0, w0 = sum(per0.values()), sum(map(cpu_seconds, harness)), time.time()
+        sys0 = sum(cpu_split(pid)[1] for pid in tree)
         busy0 = self._core_busy()
+        loss0 = losses.take_sample(tree, harness, http_ports)
         profiler = self._profile(relay.pid, tag, seconds)
         lines.expect("mark", seconds + 30)
-        cpu1, h1, w1 = cpu_seconds(relay.pid), sum(map(cpu_seconds, harness)), time.time()
-        sys1 = cpu_split(relay.pid)[1]
+        per1 = {pid: cpu_seconds(pid) for pid in tree}
+        cpu1, h1, w1 = sum(per1.values()), sum(map(cpu_seconds, harness)), time.time()
+        sys1 = sum(cpu_split(pid)[1] for pid in tree)
         busy1 = self._core_busy()
+        lines.expect("mark", 30)  # drained: every call still up, the sockets still open
+        result.extra["losses"] = losses.between(loss0, losses.take_sample(tree, harness,
+                                                                          http_ports))
+        loadgen.stdin.write(b"hangup\n")
+        loadgen.stdin.flush()
         done = lines.expect("done", 120)
-        hwm = status_kib(relay.pid, "VmHWM")
+        hwm = sum(status_kib(pid, "VmHWM") for pid in tree)
         if relay.poll() is not None:
             result.warnings.append(f"relay exited with {relay.returncode} during the run")
         if profiler is not None:
@@ -215,7 +275,7 @@ class Bench:
             result.cpu_per_call_s = (cpu1 - cpu0) / (result.calls_up * elapsed)
         result.cpu_share = (cpu1 - cpu0) / (w1 - w0)
         result.kernel_share = (sys1 - sys0) / (cpu1 - cpu0) if cpu1 > cpu0 else math.nan
-        if result.cpu_share > SATURATED:
+        if result.cpu_share > SATURATED * (len(self.relay_cpus or ()) if workers > 1 else 1):
             result.warnings.append(
                 f"relay saturated its core ({result.cpu_share:.0%}): CPU per call-second is "
                 "a floor, latency and loss show what it could not do"
@@ -237,7 +297,44 @@ class Bench:
                 else:
                     result.extra[key] = value
         result.extra.update({"rss_idle_kib": rss_idle, "hwm_kib": hwm, "summary": done})
+        cpu_of = {pid: per1[pid] - per0[pid] for pid in tree}
+        self._account(result, done, apps, cpu_of, w1 - w0)
+        if workers > 1:
+            result.extra["supervisor_cpu_s"] = cpu_of[relay.pid]
         self._self_check(result, done)
+
+    def _account(self, result: RunResult, done: dict[str, Any], apps: dict[str, int],
+                 cpu_of: dict[int, float], wall: float) -> None:  # fmt: skip
+        """Where the packets went; per worker: calls, share, CPU."""
+        found = result.extra["losses"]
+        for key in ("relay_drops", "harness_drops", "rx_late", "bot_dropped"):
+            setattr(result, key, found.get(key, -1))
+        dispatch = done.get("dispatch", {})
+        result.extra["dispatch"] = {k: v for k, v in dispatch.items() if k != "latencies_ms"}
+        result.extra["claim_latencies_ms"] = dispatch.get("latencies_ms", [])
+        calls_by_app: dict[str, int] = dispatch.get("calls_by_app", {})
+        if result.workers > 1 or result.dispatch != "stasis":
+            result.extra["split_deviation"] = split_deviation(calls_by_app)
+            share = shares(calls_by_app)
+            rows = []
+            for app in sorted(calls_by_app):
+                pid = apps.get(app)
+                cpu = cpu_of.get(pid, math.nan) if pid is not None else math.nan
+                if len(calls_by_app) == 1 and pid is None:  # one process: the relay itself
+                    cpu = sum(cpu_of.values())
+                n = calls_by_app[app]
+                rows.append({"app": app, "pid": pid, "calls": n, "share": share[app],
+                             "cpu_s": cpu, "cpu_share": cpu / wall,
+                             "cpu_per_call_s": cpu / (n * result.seconds) if n else math.nan})
+            result.extra["workers"] = rows
+
+    def _start_hogs(self, tag: str) -> None:
+        """--hog K: K busy loops, one per CPU round robin, at --hog-nice: contention for the
+        relay's and the harness's cores (the generator, SCHED_FIFO, stays on time)."""
+        for i in range(self.args.hog):
+            cpu = self.cpus[i % len(self.cpus)]
+            self.spawn([sys.executable, "-c", HOG], cpu, f"{tag}.hog.log", nice=self.args.hog_nice,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
 
     def _core_busy(self) -> tuple[float, float] | None:
         if self.relay_cpu is None or self.harness_cpu is None:
@@ -255,6 +352,8 @@ class Bench:
             return None
         argv = [exe, "record", "-p", str(pid), "-d", str(max(int(seconds) - 1, 1)),
                 "-r", "250", "--format", "raw", "-o", str(out), "--nonblocking"]  # fmt: skip
+        if self.args.workers > 1:
+            argv.append("--subprocesses")  # the supervisor itself does nothing per packet
         return self.spawn(argv, self.harness_cpu, f"{tag}.pyspy.log", stdout=subprocess.DEVNULL)
 
     def _self_check(self, result: RunResult, done: dict[str, Any]) -> None:
@@ -276,6 +375,37 @@ class Bench:
         if not done.get("cleaned", True):
             warn(f"{done.get('leftovers')} channels/bridges left behind after hang-up")
         result.extra["rtpgen"] = gen
+
+
+def free_port_block(count: int) -> int:
+    """A port P such that P .. P+count-1 are free on 127.0.0.1 now: the bridge's HTTP
+    listener (a --workers worker's: P + its slot), so the bench can read its /metrics."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise HarnessError(f"no {count} free ports in a row on 127.0.0.1")
+
+
+def worker_apps(pids: list[int]) -> dict[str, int]:
+    """app -> pid of a --workers supervisor's workers (each has its own `--app` flag)."""
+    found: dict[str, int] = {}
+    for pid in pids:
+        argv = cmdline(pid)
+        if "--app" in argv:
+            at = len(argv) - 1 - argv[::-1].index("--app")  # the last one wins, as argparse
+            if at + 1 < len(argv):
+                found[argv[at + 1]] = pid
+    return found
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -304,7 +434,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write every result to this file")
     parser.add_argument("--py-spy", action="store_true",
                         help="profile the relay with py-spy during each window")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run the bridge as a --workers N supervisor (N > 1)")
+    parser.add_argument("--dispatch", choices=DISPATCHES, default="stasis",
+                        help="Stasis(app), or StasisBroadcast(500,^pipecat) with claims")
+    parser.add_argument("--claim-max-delay-ms", type=int, default=None,
+                        help="the bridge's --claim-max-delay-ms (default: its own, 150)")
+    parser.add_argument("--hog", type=int, default=0,
+                        help="busy-loop processes during each run, one per CPU round robin")
+    parser.add_argument("--hog-nice", type=int, default=0, help="niceness of the --hog loops")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.quick:
         args.calls, args.seconds, args.search, args.warmup = "50", 5.0, False, 1.0
     return args
@@ -325,14 +466,19 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: one CPU only: relay and harness share it", file=sys.stderr)
     asked = args.relays.split(",")
     relays = [r for r in asked if args.transport == "rtp" or r not in RTP_ONLY]
+    if not bench.plain:  # one process, one app: the naive relay has no workers, no claims
+        relays = [r for r in relays if r not in RTP_ONLY]
     if not relays:
-        print(f"bench: no relay here carries {args.transport}", file=sys.stderr)
+        print(f"bench: no relay here carries {args.transport} with --workers {args.workers} "
+              f"--dispatch {args.dispatch}", file=sys.stderr)  # fmt: skip
         return 2
     ns = [int(n) for n in args.calls.split(",")]
     bots = args.bots.split(",")
+    relay_cpus = bench.relay_cpu if args.workers == 1 else sorted(bench.relay_cpus or ())
+    mode = "" if bench.plain else f", --workers {args.workers}, dispatch {args.dispatch}"
     print(f"bench: transport {args.transport}, relays {relays}, N {ns}, bots {bots}, "
-          f"{args.seconds:.0f} s each; relay on "
-          f"CPU {bench.relay_cpu}, harness on CPU {bench.harness_cpu}; records in "
+          f"{args.seconds:.0f} s each{mode}; relay on "
+          f"CPU {relay_cpus}, harness on CPU {bench.harness_cpu}; records in "
           f"{bench.out_dir}", file=sys.stderr)  # fmt: skip
     results: list[RunResult] = []
     try:
@@ -344,8 +490,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop_all()
     absent = [r for r in asked if r not in relays]
+    why = None
+    if absent:
+        why = (f"{absent[0]} relay is RTP-only: no comparison on this transport"
+               if args.transport != "rtp" else
+               f"{absent[0]} relay is one process with one app: compared in the plain mode only")
     print(render(results, relays, absent=absent[0] if absent else None,
-                 transport=args.transport))
+                 transport=args.transport, absent_why=why))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1, default=str))
     return 0
@@ -387,8 +538,9 @@ def search(bench: Bench, relays: list[str], done: list[RunResult]) -> list[RunRe
 
 
 def render(results: list[RunResult], relays: list[str], *, absent: str | None = None,
-           transport: str = "rtp") -> str:  # fmt: skip
-    """`absent`: a relay asked for that cannot carry `transport` (its column: n/a)."""
+           transport: str = "rtp", absent_why: str | None = None) -> str:  # fmt: skip
+    """`absent`: a relay asked for that cannot carry `transport` or this mode (its column:
+    n/a); `absent_why` says which."""
     first, others = relays[0], relays[1:]
     pairs: list[tuple[RunResult, RunResult | None]] = []
     for r in results:
@@ -402,7 +554,7 @@ def render(results: list[RunResult], relays: list[str], *, absent: str | None = 
     shown = best if best is not None else "none"
     largest = f"largest N {first} carried (echo bot, zero loss, gap p99 <= 22 ms): {shown}"
     text = [f"transport {transport}", table(pairs, absent=absent), "", largest, "",
-            targets(results, relays, absent=absent)]
+            targets(results, relays, absent=absent, absent_why=absent_why)]
     return "\n".join(text)
 
 
@@ -411,7 +563,8 @@ def _find(results: list[RunResult], relay: str, n: int, bot: str) -> RunResult |
     return match[0] if match else None
 
 
-def targets(results: list[RunResult], relays: list[str], absent: str | None = None) -> str:
+def targets(results: list[RunResult], relays: list[str], absent: str | None = None,
+            absent_why: str | None = None) -> str:  # fmt: skip
     first = relays[0]
     naive = relays[1] if len(relays) > 1 else None
     lines = ["Targets"]
@@ -424,7 +577,7 @@ def targets(results: list[RunResult], relays: list[str], absent: str | None = No
     ok = None
     detail = "needs N=200 echo runs of both relays"
     if absent is not None:
-        detail = f"{absent} relay is RTP-only: no comparison on this transport"
+        detail = absent_why or f"{absent} relay is RTP-only: no comparison on this transport"
     if b200 and n200 and not math.isnan(b200.cpu_per_call_s) and n200.cpu_per_call_s > 0:
         ratio = b200.cpu_per_call_s / n200.cpu_per_call_s
         ok = ratio <= 0.25
@@ -450,7 +603,31 @@ def targets(results: list[RunResult], relays: list[str], absent: str | None = No
         ok = worst.rss_per_call_kib < 1024
         detail = f"{worst.rss_per_call_kib:.0f} KiB per call at N={worst.calls}"
     lines.append(f"  {verdict(ok)}  memory under 1 MiB per call: {detail}")
+    lines += dispatch_targets(results, first, verdict)
     return "\n".join(lines)
+
+
+def dispatch_targets(results: list[RunResult], first: str, verdict: Any) -> list[str]:
+    """--workers N at N=200: the calls split within 20 % of even; claiming under 5 ms p99."""
+    runs = [r for r in results if r.relay == first and r.calls == 200 and r.bot == "echo"
+            and (r.workers > 1 or r.dispatch != "stasis")]  # fmt: skip
+    if not runs:
+        return []
+    run = runs[0]
+    lines = []
+    deviation = run.extra.get("split_deviation", math.nan)
+    ok = None if math.isnan(deviation) or run.workers < 2 else deviation <= SPLIT_LIMIT
+    lines.append(f"  {verdict(ok)}  {run.workers} workers split N=200 within "
+                 f"±{SPLIT_LIMIT:.0%}: the largest share is {deviation:.1%} off even")
+    dispatch = run.extra.get("dispatch", {})
+    if run.dispatch == "broadcast" and "latency_ms" in dispatch:
+        raw, added = dispatch["latency_ms"]["p99"], dispatch["added_ms"]["p99"]
+        wait = dispatch["policy_wait_ms"]["p99"]
+        lines.append(f"  {verdict(raw < CLAIM_LIMIT_MS)}  claim latency under "
+                     f"{CLAIM_LIMIT_MS:.0f} ms p99 at N=200: {raw:.1f} ms")
+        lines.append(f"  {verdict(added < CLAIM_LIMIT_MS)}  ... less the claim policy's own "
+                     f"wait (p99 {wait:.1f} ms): {added:.1f} ms p99")
+    return lines
 
 
 if __name__ == "__main__":

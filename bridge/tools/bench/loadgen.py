@@ -11,6 +11,16 @@ channels are in it); the DELETEs with their ChannelHangupRequest/StasisEnd/Chann
 BridgeDestroyed; and at the end the caller hanging up (cause 16, then StasisEnd). It is not
 the simulator: no per-call timers or datagram transports, which could not carry N=500.
 
+Dispatch (`--dispatch`). `stasis`: each caller enters `Stasis(<app>)` of a connected app, as
+today (with several events sockets, a random one of them, as `Stasis(pipecat-${RAND(1,N)})`
+spreads calls). `broadcast`: the caller reaches `StasisBroadcast(<timeout>,<filter>)`: a
+`CallBroadcast` to every connected app matching the filter (in shuffled order, as recorded),
+then `POST /ari/events/claim` as recorded in `broadcast_claim` (`dispatch.Offers`: 204 to
+the first, 409 to the others, 404 once the offer is over); the winner gets the caller's
+StasisStart on its own socket and the call goes on as in `stasis`. `--apps N`: wait for N
+events sockets (a `--workers N` bridge: `<app>-<instance>-<slot>`, one socket each) before
+saying `app_active`. Every event goes to the socket of the app its channel is in.
+
 `--transport audiosocket`: externalMedia (encapsulation=audiosocket) connects to the relay's
 AudioSocket listener and sends 0x01 + the UUID while handling the request, as chan_audiosocket
 does, then hands the connection to the generator. `--transport websocket`: externalMedia
@@ -22,8 +32,10 @@ The run, printed as JSON lines for the orchestrator:
   {"ready": ports}  -> the relay is started; {"app_active"} once its events socket is up
   stdin "go"        -> place N calls at --rate a second; wait until each is bridged and its
                        bot has seen `start`; warm up; {"mark": "window_start", "t": epoch}
-  after --seconds   -> {"mark": "window_end"}; drain; hang every caller up; wait for the
-                       relay to delete what it created; rtpgen dumps; {"done": summary}
+  after --seconds   -> {"mark": "window_end"}; drain; {"mark": "drained"} (the orchestrator
+                       reads the sockets' counters while every call is still up)
+  stdin "hangup"    -> hang every caller up; wait for the relay to delete what it created;
+                       rtpgen dumps; {"done": summary}
   stdin closed      -> exit
 """
 
@@ -35,7 +47,10 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
@@ -46,6 +61,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.tools.bench.dispatch import GONE, WON, Offers, percentiles, policy_wait, summarize
 from bridge.tools.bench.echo_bot import BotServer
 from bridge.tools.bench.procs import child_preexec
 from bridge.tools.sim.core import ASTERISK_ID, CHANNELVARS, DIALLED
@@ -54,6 +70,8 @@ from bridge.tools.sim.templates import Templates, dumps, format_timestamp
 HOST = "127.0.0.1"
 RTPGEN_PRIORITY = 10  # SCHED_FIFO: see procs.child_preexec
 CALLER_ID = {"name": "Lab Caller", "number": "5551000"}  # the recorded caller's
+DIALLED_EXTEN = "100"
+CLAIMED = "Channel has already been claimed by another application"  # the recorded 409
 NO_ID = {"name": "", "number": ""}
 
 
@@ -68,6 +86,7 @@ class LgChannel:
     external_host: str = ""
     state: str = "Up"
     in_stasis: bool = True
+    app: str = ""  # the Stasis app it is in ("": none yet, a caller being broadcast)
 
 
 @dataclass(slots=True)
@@ -79,6 +98,8 @@ class LgCall:
     bridged: float = 0.0
     bot_up: float = 0.0
     hung_up: bool = False
+    app: str = ""  # the app it went to (won the claim)
+    unclaimed: bool = False  # the broadcast timed out: the dialplan went on without us
 
 
 class RtpGen:
@@ -179,11 +200,27 @@ class _Sniffer(asyncio.Protocol):
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """How callers reach the apps (see the module docstring)."""
+
+    mode: str = "stasis"  # or "broadcast"
+    app_filter: str = "^pipecat"
+    timeout_ms: int = 500
+    claim_max_delay_ms: float = 150.0  # the bridge's --claim-max-delay-ms, for policy_wait
+    seed: int = 1
+
+
 class FakeAsterisk:
     def __init__(self, app: str, user: str, password: str, rtpgen: RtpGen,
-                 transport: str = "rtp") -> None:  # fmt: skip
-        self.app = app
+                 transport: str = "rtp", dispatch: Dispatch | None = None) -> None:  # fmt: skip
+        self.app = app  # the app named in Stasis() when no socket says otherwise
         self.transport = transport
+        self.dispatch = dispatch or Dispatch()
+        self._filter = re.compile(self.dispatch.app_filter)
+        self._rng = random.Random(self.dispatch.seed)
+        self.offers = Offers(self.dispatch.timeout_ms / 1000)
+        self.bridge_app: dict[str, str] = {}  # the app a bridge's events go to
         self._ws_waiting: dict[str, LgChannel] = {}
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._templates = Templates.from_recordings()
@@ -195,7 +232,8 @@ class FakeAsterisk:
         self.by_caller: dict[str, LgCall] = {}
         self.app_active = asyncio.Event()
         self.changed = asyncio.Event()  # any call progressed or was torn down
-        self._queues: list[asyncio.Queue[str]] = []
+        self._sockets: dict[str, asyncio.Queue[str]] = {}  # events socket per app
+        self.apps_seen: list[str] = []  # every app that connected, in order
         self.requests = 0
         self.errors = 0
         self._runner: web.AppRunner | None = None
@@ -226,6 +264,9 @@ class FakeAsterisk:
 
     # ---- calls ----------------------------------------------------------------------------
 
+    def connected_apps(self) -> list[str]:
+        return sorted(self._sockets)
+
     def place_call(self) -> None:
         index = len(self.calls)
         now = format_timestamp(time.time())
@@ -235,11 +276,77 @@ class FakeAsterisk:
         call = LgCall(index, caller.id, time.time())
         self.calls.append(call)
         self.by_caller[caller.id] = call
+        if self.dispatch.mode == "broadcast":
+            self._broadcast(caller)
+            return
+        apps = self.connected_apps()
+        # Stasis(<app>): one app; several sockets: a random one, as Stasis(pipecat-${RAND}).
+        app = self.app if self.app in apps or not apps else self._rng.choice(apps)
+        self._enter_stasis(caller, call, app)
+
+    def _enter_stasis(self, caller: LgChannel, call: LgCall, app: str) -> None:
+        caller.app, caller.in_stasis, call.app = app, True, app
         self._emit("StasisStart", caller, args=[])
+
+    # ---- StasisBroadcast ------------------------------------------------------------------
+
+    def _broadcast(self, caller: LgChannel) -> None:
+        caller.in_stasis = False
+        apps = [a for a in self.connected_apps() if self._filter.search(a)]
+        self._rng.shuffle(apps)  # each app's copy in shuffled order, as recorded
+        d = self.dispatch
+        wait = policy_wait({a: self.active_calls(a) for a in apps}, d.timeout_ms / 1000,
+                           d.claim_max_delay_ms)  # fmt: skip
+        self.offers.offer(caller.id, apps, time.monotonic(), wait)
+        for app in apps:
+            self._emit("CallBroadcast", caller, app=app, caller=CALLER_ID["number"],
+                       called=DIALLED_EXTEN)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        loop.call_later(d.timeout_ms / 1000 + 0.001, self._offers_timed_out)
+
+    def active_calls(self, app: str) -> int:
+        """Calls in progress in `app`, as the bridge counts them for its claim policy."""
+        return sum(1 for c in self.calls if c.app == app and not c.hung_up)
+
+    def _claim(self, q: dict[str, str]) -> web.Response:
+        cid, app = q.get("channelId", ""), q.get("application", "")
+        if not cid:
+            return self._reply(400, {"message": "channelId parameter is required"})
+        status = self.offers.claim(cid, app, time.monotonic())
+        if status == GONE:
+            return self._reply(404, {"message": "Channel not found or not in broadcast state"})
+        if status != WON:
+            return self._reply(409, {"message": CLAIMED})
+        caller, call = self.channels.get(cid), self.by_caller.get(cid)
+        if caller is not None and call is not None:
+            # The StasisStart follows the 204 (~1 ms later in the recording).
+            asyncio.get_running_loop().call_soon(self._enter_stasis, caller, call, app)
+        return self._reply(204)
+
+    def _offers_timed_out(self) -> None:
+        for cid in self.offers.expire(time.monotonic()):
+            # STASISSTATUS=TIMEOUT: the dialplan hangs the caller up; no app ever saw it.
+            self.channels.pop(cid, None)
+            call = self.by_caller.get(cid)
+            if call is not None:
+                call.unclaimed = call.hung_up = True
+            self.changed.set()
+
+    def dispatch_summary(self) -> dict[str, Any]:
+        calls_by_app: dict[str, int] = dict.fromkeys(self.apps_seen, 0)
+        for call in self.calls:
+            if call.app:
+                calls_by_app[call.app] = calls_by_app.get(call.app, 0) + 1
+        out: dict[str, Any] = {"mode": self.dispatch.mode, "calls_by_app": calls_by_app}
+        if self.dispatch.mode == "broadcast":
+            out.update(summarize(self.offers.offers.values(), self.apps_seen))
+            out["stray_claims"] = self.offers.stray_claims
+        return out
 
     def hang_up(self, call: LgCall) -> None:
         """The caller hangs up (cause 16): its audio stops, then HangupRequest, StasisEnd."""
         call.hung_up = True
+        self.offers.forget(call.caller_id)
         media = self.channels.get(call.media_id)
         if media is not None and media.socket >= 0:
             self.rtpgen.command(f"stop {media.socket}")
@@ -264,10 +371,15 @@ class FakeAsterisk:
     def _snapshot(self, ch: LgChannel) -> dict[str, Any]:
         caller = ch.kind == "caller"
         ident = CALLER_ID if caller else NO_ID
-        if caller:
-            plan: tuple[str, str, int, str, str] = ("pipecat-in", "100", 2, "Stasis", self.app)
+        if caller and self.dispatch.mode == "broadcast":
+            d = self.dispatch
+            plan: tuple[str, str, int, str, str] = (
+                "pipecat-in", DIALLED_EXTEN, 2, "StasisBroadcast", f"{d.timeout_ms},{d.app_filter}"
+            )  # fmt: skip
+        elif caller:
+            plan = ("pipecat-in", DIALLED_EXTEN, 2, "Stasis", ch.app or self.app)
         elif ch.in_stasis:
-            plan = ("default", "s", 1, "Stasis", self.app)
+            plan = ("default", "s", 1, "Stasis", ch.app or self.app)
         else:
             plan = DIALLED
         keys = ("context", "exten", "priority", "app_name", "app_data")
@@ -277,15 +389,24 @@ class FakeAsterisk:
             "dialplan": dialplan, "creationtime": ch.creationtime,
         })  # fmt: skip
 
-    def _emit(self, kind: str, ch: LgChannel | None = None, **values: Any) -> None:
+    def _emit(self, kind: str, ch: LgChannel | None = None, app: str = "", **values: Any) -> None:
+        """One event to the socket of `app`, else of the app `ch` is in; neither: to all (a
+        bridge no channel of which was ever added). An app without a socket gets nothing."""
         if ch is not None:
             values["channel"] = self._snapshot(ch)
         stamp = format_timestamp(time.time())
-        raw = self._templates.event(
-            kind, timestamp=stamp, asterisk_id=ASTERISK_ID, application=self.app, **values
-        )
-        for queue in self._queues:
-            queue.put_nowait(raw)
+        if app:
+            targets = [app]
+        elif ch is not None:
+            targets = [ch.app] if ch.app else []  # a caller still being offered: in no app
+        else:
+            targets = list(self._sockets)
+        for name in targets:
+            queue = self._sockets.get(name)
+            if queue is not None:
+                queue.put_nowait(self._templates.event(
+                    kind, timestamp=stamp, asterisk_id=ASTERISK_ID, application=name, **values
+                ))  # fmt: skip
 
     # ---- HTTP -----------------------------------------------------------------------------
 
@@ -298,6 +419,8 @@ class FakeAsterisk:
         parts = path.split("/")[2:]  # after /ari/
         if path == "/ari/events":
             return await self._events(request)
+        if method == "POST" and path == "/ari/events/claim":
+            return self._claim(query)
         if method == "POST" and path == "/ari/channels/externalMedia":
             if self.transport == "audiosocket":
                 return await self._external_audiosocket(query)
@@ -326,9 +449,11 @@ class FakeAsterisk:
             found = parts[1] in self.bridges
             return self._reply(200, self._bridge(parts[1])) if found else self._not_found("Bridge")
         if method == "GET" and len(parts) == 2 and parts[0] == "applications":
-            ids = [ch.id for ch in self.channels.values() if ch.in_stasis]
-            return self._reply(200, {"name": self.app, "channel_ids": ids,
-                                     "bridge_ids": list(self.bridges), "endpoint_ids": [],
+            name = parts[1]
+            ids = [ch.id for ch in self.channels.values() if ch.in_stasis and ch.app == name]
+            bridges = [b for b in self.bridges if self.bridge_app.get(b) == name]
+            return self._reply(200, {"name": name, "channel_ids": ids,
+                                     "bridge_ids": bridges, "endpoint_ids": [],
                                      "device_names": [], "events_allowed": [],
                                      "events_disallowed": []})  # fmt: skip
         self.errors += 1
@@ -347,8 +472,12 @@ class FakeAsterisk:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=64 * 1024)
         await ws.prepare(request)
         queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queues.append(queue)
+        app = request.query.get("app", self.app)
+        self._sockets[app] = queue  # the same name again: the new socket takes its events
+        if app not in self.apps_seen:
+            self.apps_seen.append(app)
         self.app_active.set()
+        self.changed.set()
 
         async def writer() -> None:
             while True:
@@ -359,7 +488,8 @@ class FakeAsterisk:
             async for _ in ws:
                 pass
         finally:
-            self._queues.remove(queue)
+            if self._sockets.get(app) is queue:
+                del self._sockets[app]
             task.cancel()
         return ws
 
@@ -373,7 +503,7 @@ class FakeAsterisk:
         ch = LgChannel(q.get("channelId") or uuid.uuid4().hex,
                        f"UnicastRTP/{host}-0x7f74{socket_index:08x}", "media",
                        format_timestamp(time.time()), socket=socket_index, external_host=host,
-                       state="Down", in_stasis=False)  # fmt: skip
+                       state="Down", in_stasis=False, app=q.get("app", self.app))  # fmt: skip
         self.channels[ch.id] = ch
         body = self._templates.em_channel_body({
             **self._snapshot(ch),
@@ -412,7 +542,8 @@ class FakeAsterisk:
             sock.close()  # the generator has its own copy of the descriptor now
         ch = LgChannel(q.get("channelId") or uuid.uuid4().hex, f"AudioSocket/{host}-{data}",
                        "media", format_timestamp(time.time()), socket=socket_index,
-                       external_host=host, state="Down", in_stasis=False)  # fmt: skip
+                       external_host=host, state="Down", in_stasis=False,
+                       app=q.get("app", self.app))  # fmt: skip
         self.channels[ch.id] = ch
         body = self._templates.em_channel_body(self._snapshot(ch))
         body["channelvars"] = {"AUDIOSOCKET_SERVICE": host, "AUDIOSOCKET_UUID": data}
@@ -429,7 +560,8 @@ class FakeAsterisk:
         ch = LgChannel(q.get("channelId") or uuid.uuid4().hex,
                        f"WebSocket/INCOMING/0x7f74{socket_index:08x}", "media",
                        format_timestamp(time.time()), socket=socket_index,
-                       external_host=connection_id, state="Down", in_stasis=False)  # fmt: skip
+                       external_host=connection_id, state="Down", in_stasis=False,
+                       app=q.get("app", self.app))  # fmt: skip
         self.channels[ch.id] = ch
         self._ws_waiting[connection_id] = ch
         body = self._templates.em_channel_body(self._snapshot(ch))
@@ -497,6 +629,9 @@ class FakeAsterisk:
         if any(ch is not None and not ch.in_stasis for ch in chans):
             return self._reply(422, {"message": "Channel not in Stasis application"})
         members.extend(cid for cid in ids if cid not in members)
+        owner = next((ch.app for ch in chans if ch is not None and ch.app), "")
+        if owner:
+            self.bridge_app.setdefault(bridge_id, owner)
         callers = [self.by_caller[c] for c in members if c in self.by_caller]
         medias = [self.channels[c] for c in members
                   if c in self.channels and self.channels[c].kind == "media"]  # fmt: skip
@@ -537,7 +672,7 @@ class FakeAsterisk:
             return self._reply(404, {"message": "Bridge not found"})
         snapshot = self._bridge(bridge_id)
         del self.bridges[bridge_id]
-        self._emit("BridgeDestroyed", bridge=snapshot)
+        self._emit("BridgeDestroyed", app=self.bridge_app.pop(bridge_id, ""), bridge=snapshot)
         self.changed.set()
         return self._reply(204)
 
@@ -563,19 +698,34 @@ async def read_stdin_line() -> str:
     return await loop.run_in_executor(None, sys.stdin.readline)
 
 
+async def loop_lag(samples: list[float], period: float = 0.005) -> None:
+    """How late this loop wakes from a short sleep: a claim waits as long for its handler,
+    so this bounds what the harness itself adds to the claim latency it measures."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        samples.append(loop.time() - due)
+
+
 async def run(args: argparse.Namespace) -> None:
     rtpgen = RtpGen(args.calls, args.transport)
-    asterisk = FakeAsterisk("pipecat", "asterisk", args.password, rtpgen, args.transport)
+    dispatch = Dispatch(args.dispatch, args.app_filter, args.broadcast_timeout_ms,
+                        args.claim_max_delay_ms)  # fmt: skip
+    asterisk = FakeAsterisk("pipecat", "asterisk", args.password, rtpgen, args.transport,
+                            dispatch)  # fmt: skip
     bot = BotServer(args.bot, asterisk.bot_started)
     try:
         ari_port = await asterisk.start()
         bot_port = await bot.start()
         emit({"ready": {"ari_port": ari_port, "bot_port": bot_port, "rtpgen_pid": rtpgen.pid}})
         await asterisk.app_active.wait()
-        emit({"app_active": True})
+        await wait_until(asterisk, lambda: len(asterisk.connected_apps()) >= args.apps, 60)
+        emit({"app_active": asterisk.connected_apps() if args.apps > 1 else True})
         if (await read_stdin_line()).strip() != "go":
             return
         summary = await drive(args, asterisk)
+        summary["dispatch"] = asterisk.dispatch_summary()
         summary["rtpgen"] = await asyncio.get_running_loop().run_in_executor(
             None, rtpgen.dump, args.out
         )
@@ -597,14 +747,17 @@ async def run(args: argparse.Namespace) -> None:
 async def drive(args: argparse.Namespace, asterisk: FakeAsterisk) -> dict[str, Any]:
     n = args.calls
     started = time.time()
+    lags: list[float] = []
+    probe = asyncio.create_task(loop_lag(lags))
     for _ in range(n):
         asterisk.place_call()
         await asyncio.sleep(1.0 / args.rate)
     up = await wait_until(
         asterisk,
-        lambda: all(c.bridged and c.bot_up for c in asterisk.calls),
+        lambda: all((c.bridged and c.bot_up) or c.unclaimed for c in asterisk.calls),
         args.setup_timeout,
     )
+    probe.cancel()
     calls_up = sum(bool(c.bridged and c.bot_up) for c in asterisk.calls)
     setup_s = time.time() - started
     emit({"calls_up": calls_up, "all_up": up, "setup_s": round(setup_s, 2)})
@@ -615,13 +768,20 @@ async def drive(args: argparse.Namespace, asterisk: FakeAsterisk) -> dict[str, A
     t1 = time.time()
     emit({"mark": "window_end", "t": t1})
     await asyncio.sleep(args.drain)
+    emit({"mark": "drained", "t": time.time()})
+    # Every call is still up: the orchestrator reads the sockets' counters, then says go on.
+    await read_stdin_line()
     for call in asterisk.calls:
         if not call.hung_up:
             asterisk.hang_up(call)
     cleaned = await wait_until(asterisk, lambda: asterisk.leftovers() == 0, args.teardown_timeout)
     await asyncio.sleep(0.2)  # the last packets already in flight
+    lag50, lag99, lagmax = (v * 1e3 for v in percentiles(lags, 50, 99, 100))
     return {"calls": n, "calls_up": calls_up, "setup_s": setup_s, "window": [t0, t1],
-            "cleaned": cleaned, "leftovers": asterisk.leftovers()}  # fmt: skip
+            "cleaned": cleaned, "leftovers": asterisk.leftovers(),
+            "unclaimed": sum(c.unclaimed for c in asterisk.calls),
+            "setup_loop_lag_ms": {"p50": lag50, "p99": lag99,
+                                  "max": lagmax if not math.isnan(lagmax) else 0.0}}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -639,6 +799,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password", default="bench")
     parser.add_argument("--out", required=True)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument("--dispatch", choices=("stasis", "broadcast"), default="stasis",
+                        help="Stasis(app) or StasisBroadcast(timeout,filter) + claims")
+    parser.add_argument("--apps", type=int, default=1,
+                        help="events sockets to wait for before app_active (--workers N)")
+    parser.add_argument("--app-filter", default="^pipecat", help="StasisBroadcast's filter")
+    parser.add_argument("--broadcast-timeout-ms", type=int, default=500)
+    parser.add_argument("--claim-max-delay-ms", type=float, default=150.0,
+                        help="the bridge's setting, to tell its policy's wait from the rest")
     args = parser.parse_args(argv)
     if args.loop == "uvloop":
         try:

@@ -16,9 +16,10 @@ PR_SET_PDEATHSIG = 1
 
 
 def child_preexec(
-    cpu: int | None, *, nice: int = 0, realtime: int = 0
+    cpu: int | set[int] | None, *, nice: int = 0, realtime: int = 0
 ) -> Callable[[], None]:
-    """What a child runs before exec: die with its parent, optionally pin to one CPU.
+    """What a child runs before exec: die with its parent, optionally pin to a CPU (or a set
+    of them: a --workers supervisor's workers inherit it).
 
     PR_SET_PDEATHSIG covers the exits `finally` cannot (SIGKILL of the orchestrator), so no
     relay or generator outlives a bench run. The file limit is raised to the hard limit:
@@ -37,7 +38,7 @@ def child_preexec(
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if cpu is not None:
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, {cpu})
+                os.sched_setaffinity(0, {cpu} if isinstance(cpu, int) else cpu)
         if nice:
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, 0, nice)
@@ -64,6 +65,41 @@ def cpu_split(pid: int) -> tuple[float, float]:
     # The command name may contain spaces and ')'; the fields after the last ')' are fixed.
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def parent_pid(stat_text: str) -> int:
+    """The ppid field of a /proc/<pid>/stat line."""
+    return int(stat_text[stat_text.rindex(")") + 2 :].split()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, theirs, ...), from a scan of /proc: a
+    --workers supervisor's workers start their own sessions, so no process group has them."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                parents[int(name)] = parent_pid(fh.read())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
 
 
 def status_kib(pid: int, key: str) -> int:

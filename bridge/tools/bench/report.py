@@ -8,7 +8,15 @@ Definitions (all over the steady-state window [t0, t1], after every call was set
 - Gaps: per call, intervals between consecutive packets the relay sent back (its silence
   included: that is pacing too), from the call's first echoed payload on, arrivals in the
   window. The p50/p99/max pool every call's gaps.
-- Peak RSS per call: (VmHWM at the end - VmRSS idle before the first call) / N.
+- Peak RSS per call: (VmHWM at the end - VmRSS idle before the first call) / N (with
+  --workers, summed over the supervisor and its workers).
+- Where packets went (`losses`), from the window's start to the end of the drain after it,
+  while every call is up: datagrams the kernel dropped on the relay's own UDP sockets and on
+  the generator's, the bridge's `rx_late` (caller packets its reorder window had given up on)
+  and `bot_dropped` (messages its bot send queue had no room for); `-` where not available
+  (the naive relay has no /metrics; --no-http).
+- Dispatch (--workers, --dispatch broadcast; `dispatch`): each worker's share of the calls,
+  claims lost (409, 404), the claim latency from the CallBroadcast out to the winning claim in.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ class RunResult:
     harness_cpu_share: float = math.nan
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    dispatch: str = "stasis"
+    relay_drops: int = -1  # -1: not measured
+    harness_drops: int = -1
+    rx_late: int = -1
+    bot_dropped: int = -1
 
     @property
     def loss(self) -> float:
@@ -120,13 +134,20 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("gaps > 30 ms", "gaps_over_30ms", "d"),
     ("loss", "loss", ".3%"),
     ("peak RSS per call KiB", "rss_per_call_kib", ".0f"),
+    ("relay sockets dropped", "relay_drops", "d"),
+    ("harness sockets dropped", "harness_drops", "d"),
+    ("reorder gave up (rx_late)", "rx_late", "d"),
+    ("bot messages dropped", "bot_dropped", "d"),
 )
+COUNTED_ROWS = {"relay_drops", "harness_drops", "rx_late", "bot_dropped"}  # -1: n/a
 RATIO_ROWS = {"cpu_per_call_s", "rtt_p50_ms", "rtt_p99_ms", "gap_p99_ms", "gap_max_ms",
               "rss_per_call_kib"}  # fmt: skip
 
 
 def _cell(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if fmt == "d" and value < 0:
         return "-"
     if fmt == "d":
         return str(int(value))
@@ -150,6 +171,8 @@ def table(pairs: list[tuple[RunResult, RunResult | None]], absent: str | None = 
         title = f"N={bridge.calls}  {bridge.bot} bot  ({bridge.seconds:.0f} s steady state)"
         if bridge.transport != "rtp":
             title += f"  transport {bridge.transport}"
+        if bridge.workers > 1 or bridge.dispatch != "stasis":
+            title += f"  --workers {bridge.workers}  dispatch {bridge.dispatch}"
         other = naive.relay if naive is not None else (absent or "-")
         lines += ["", title, f"{'':26}{bridge.relay:>14}{other:>14}{'ratio':>10}"]
         for label, attr, fmt in ROWS:
@@ -158,7 +181,57 @@ def table(pairs: list[tuple[RunResult, RunResult | None]], absent: str | None = 
             ratio = _ratio(a, b) if attr in RATIO_ROWS and b is not None else ""
             cell_b = "n/a" if naive is None and absent else _cell(b, fmt)
             lines.append(f"{label:26}{_cell(a, fmt):>14}{cell_b:>14}{ratio:>10}")
+        lines += where_lines(bridge)
+        lines += workers_block(bridge)
         for run in (bridge, naive):
             if run is not None:
                 lines += [f"  ! {run.relay}: {w}" for w in run.warnings]
     return "\n".join(lines)
+
+
+def where_lines(run: RunResult) -> list[str]:
+    """The rest of the loss accounting, one line: the host's UDP errors, the bridge's own."""
+    losses = run.extra.get("losses")
+    if not losses:
+        return []
+    parts = [f"host RcvbufErrors +{losses.get('host_RcvbufErrors', -1)}"]
+    if losses.get("rx_lost", -1) >= 0:
+        parts += [f"bridge rx_lost {losses['rx_lost']}",
+                  f"playout overflow {losses['tx_overflow_bytes']} B",
+                  f"clock skipped {losses['skipped_frames']} frame times"]  # fmt: skip
+    return [f"  window + drain, {run.relay}: " + ", ".join(parts)]
+
+
+def workers_block(run: RunResult) -> list[str]:
+    """Per worker: calls, share, claims lost, CPU; then the claim latency."""
+    workers: list[dict[str, Any]] = run.extra.get("workers") or []
+    dispatch: dict[str, Any] = run.extra.get("dispatch") or {}
+    if run.workers <= 1 and run.dispatch == "stasis":
+        return []
+    apps = dispatch.get("apps", {})
+    lines = ["", f"{'per worker':26}" + "".join(f"{w['app']:>18}" for w in workers)]
+    rows: list[tuple[str, Any]] = [
+        ("calls", lambda w: str(w["calls"])),
+        ("share of the calls", lambda w: _cell(w["share"], ".1%")),
+        ("claims lost 409 / 404", lambda w: "{lost_409} / {lost_404}".format(
+            **apps.get(w["app"], {"lost_409": "-", "lost_404": "-"}))),
+        ("CPU ms per call-second", lambda w: _cell(w["cpu_per_call_s"] * 1e3, ".2f")),
+        ("CPU share of a core", lambda w: _cell(w["cpu_share"], ".0%")),
+    ]  # fmt: skip
+    for label, cell in rows:
+        lines.append(f"{label:26}" + "".join(f"{cell(w):>18}" for w in workers))
+    deviation = run.extra.get("split_deviation", math.nan)
+    lines.append(f"  split: the largest share is {_cell(deviation, '.1%')} off an even one")
+    if run.dispatch == "broadcast" and dispatch:
+        lat, wait, added = (dispatch[k] for k in ("latency_ms", "policy_wait_ms", "added_ms"))
+        lag = run.extra.get("summary", {}).get("setup_loop_lag_ms", {})
+        lines += [
+            f"  claim latency (CallBroadcast out -> winning claim in): p50 {lat['p50']:.1f} ms, "
+            f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms",
+            f"    of which the claim policy's wait on purpose: p50 {wait['p50']:.1f} ms, "
+            f"p99 {wait['p99']:.1f} ms; the rest p50 {added['p50']:.1f} ms, "
+            f"p99 {added['p99']:.1f} ms (harness loop lag p99 {lag.get('p99', math.nan):.1f} ms)",
+            f"  lost claims {dispatch['lost_claims']} (409 or 404), unclaimed calls "
+            f"{dispatch['unclaimed']} of {dispatch['offered']}",
+        ]  # fmt: skip
+    return lines

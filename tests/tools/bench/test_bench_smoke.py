@@ -65,3 +65,27 @@ def test_bench_smoke_other_transports(tmp_path: Path, transport: str) -> None:
     assert 18.0 <= runs[0]["gap_p50_ms"] <= 22.0
     assert runs[0]["extra"]["rtpgen"]["send_errors"] == 0
     assert f"transport {transport}" in proc.stdout and "n/a" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_smoke_workers_broadcast(tmp_path: Path) -> None:
+    """--workers 2 --dispatch broadcast end to end at N=3 (~10 s, in `-m slow` only): both
+    workers' apps are offered every call, every call is claimed, the naive relay is left out."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.tools.bench", "--workers", "2", "--dispatch",
+         "broadcast", "--calls", "3", "--seconds", "2", "--warmup", "0.5", "--bots", "echo",
+         "--no-search", "--out-dir", str(tmp_path / "records"), "--json", str(out)],
+        capture_output=True, text=True, timeout=80, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(out.read_text())
+    assert (run["relay"], run["workers"], run["dispatch"]) == ("bridge", 2, "broadcast")
+    assert_sane(run)
+    dispatch = run["extra"]["dispatch"]
+    assert dispatch["offered"] == 3 and dispatch["unclaimed"] == 0
+    assert sum(dispatch["calls_by_app"].values()) == 3
+    assert sorted(dispatch["calls_by_app"]) == ["pipecat-bench-0", "pipecat-bench-1"]
+    assert [w["app"] for w in run["extra"]["workers"]] == ["pipecat-bench-0", "pipecat-bench-1"]
+    assert run["relay_drops"] == 0 and run["rx_late"] == 0 and run["bot_dropped"] == 0
+    assert "claim latency" in proc.stdout and "per worker" in proc.stdout
