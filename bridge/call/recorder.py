@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from ari.events import RecordingEvent
 from bridge.bot.control import RecordMode
 from bridge.call.commands import (
-    Command,
     CommandFailed,
     CreateSnoop,
     HangupChannel,
     StartRecording,
     StopRecording,
 )
+from bridge.call.hooks import MachineHooks
 from bridge.call.resources import Life, ResourceKind, Resources
 
 K = ResourceKind
@@ -103,7 +103,7 @@ class RecordingResult:
         return out
 
 
-class CallRecorder:
+class CallRecorder(MachineHooks):
     """Mixed into the ARI call machine, which provides these."""
 
     res: Resources
@@ -111,26 +111,6 @@ class CallRecorder:
     recordings: list[RecordingResult]
     _segments: int
     _snoop_ids: dict[ResourceKind, str]
-
-    def _emit(self, cmd: Command) -> None:
-        raise NotImplementedError
-
-    def _emit_teardown(self, cmd: Command) -> None:
-        raise NotImplementedError
-
-    def _teardown(self, kind: ResourceKind) -> None:
-        raise NotImplementedError
-
-    def _note(self, event: str, **fields: object) -> None:
-        raise NotImplementedError
-
-    @property
-    def _caller_id(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def _bridge_id(self) -> str:
-        raise NotImplementedError
 
     def _snoop_id(self, spy: str, segment: int) -> str:
         raise NotImplementedError

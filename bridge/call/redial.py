@@ -7,23 +7,17 @@ or end the call once the window is over.
 
 from __future__ import annotations
 
-from bridge.call.commands import CloseBot, Command, ConnectBot, EndedBy
+from bridge.call.commands import CloseBot, ConnectBot, EndedBy
+from bridge.call.hooks import MachineHooks
 from bridge.call.reconnect import Reconnects
-from bridge.call.resources import Life, ResourceKind, Resources
+from bridge.call.resources import Life, ResourceKind
 
 
-class BotRedial:
+class BotRedial(MachineHooks):
     """Mixed into a call machine, which provides these."""
 
-    res: Resources
     reconnects: Reconnects
     bot_url: str
-
-    def _emit(self, cmd: Command) -> None:
-        raise NotImplementedError
-
-    def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
-        raise NotImplementedError
 
     def _dial_bot(self, connect: ConnectBot) -> None:
         self.res.creating(ResourceKind.BOT, CloseBot(send_stop=True), cancels=True)

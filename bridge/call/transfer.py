@@ -35,7 +35,6 @@ from ari.events import ChannelDestroyed, Dial, StasisEnd
 from bridge.bot.control import TransferCause, TransferMode, TransferRequest, reply
 from bridge.call.commands import (
     AddChannels,
-    Command,
     CommandFailed,
     EndedBy,
     HangupChannel,
@@ -44,6 +43,7 @@ from bridge.call.commands import (
     StartRingback,
     StopRingback,
 )
+from bridge.call.hooks import MachineHooks
 from bridge.call.resources import Life, ResourceKind, Resources
 
 K = ResourceKind
@@ -114,7 +114,7 @@ class TransferAttempt:
     joining: AddChannels | None = field(default=None, repr=False)
 
 
-class CallTransfer:
+class CallTransfer(MachineHooks):
     """Mixed into the ARI call machine, which provides these."""
 
     res: Resources
@@ -126,18 +126,6 @@ class CallTransfer:
 
     # ---- provided by the machine ----------------------------------------------------------
 
-    def _emit(self, cmd: Command) -> None:
-        raise NotImplementedError
-
-    def _emit_teardown(self, cmd: Command) -> None:
-        raise NotImplementedError
-
-    def _teardown(self, kind: ResourceKind) -> None:
-        raise NotImplementedError
-
-    def _end(self, reason: str, *, by: EndedBy, fallback: bool = False) -> None:
-        raise NotImplementedError
-
     def _hand_off(self, request: TransferRequest) -> None:
         raise NotImplementedError
 
@@ -146,17 +134,6 @@ class CallTransfer:
         raise NotImplementedError
 
     def _leave_bot_side(self) -> None:
-        raise NotImplementedError
-
-    def _note(self, event: str, **fields: object) -> None:
-        raise NotImplementedError
-
-    @property
-    def _caller_id(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def _bridge_id(self) -> str:
         raise NotImplementedError
 
     def _target_id(self, n: int) -> str:

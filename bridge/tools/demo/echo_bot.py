@@ -366,6 +366,14 @@ async def run_echo_bot(
     app = create_app(
         stats=stats, hangup_after=hangup_after, dialect=dialect, sample_rate=sample_rate
     )
+    async with serve_app(app, host, port, "echo bot") as (bound_host, bound_port):
+        yield EchoBot(f"ws://{bound_host}:{bound_port}{WS_PATH}", bound_host, bound_port, stats)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, host: str, port: int, what: str) -> AsyncIterator[tuple[str, int]]:
+    """Serve an ASGI bot `app` with uvicorn on this loop until the block exits; yields the
+    bound (host, port). Port 0 picks a free port."""
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -382,14 +390,14 @@ async def run_echo_bot(
         sock.close()
         raise
     server = _Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="echo-bot-server")
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name=f"{what} server")
     ready = asyncio.create_task(server.ready.wait())
     try:
         await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
-            raise RuntimeError("echo bot server stopped before listening")
+            raise RuntimeError(f"{what} server stopped before listening")
         bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
-        yield EchoBot(f"ws://{bound_host}:{bound_port}{WS_PATH}", bound_host, bound_port, stats)
+        yield bound_host, bound_port
     finally:
         ready.cancel()
         server.should_exit = True

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -70,8 +69,8 @@ from bridge.tools.demo.echo_bot import (
     _close_quietly,
     _handshake,
     _serializer,
-    _Server,
     quiet_pipecat_logs,
+    serve_app,
 )
 
 DEFAULT_TARGET = "PJSIP/1001"
@@ -378,35 +377,9 @@ async def run_transfer_bot(
     quiet_pipecat_logs()
     stats = TransferBotStats()
     app = create_app(stats=stats, dialect=dialect, sample_rate=sample_rate, plan=plan)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=5,
-    )
-    # Bind here so a taken port raises OSError to the caller (uvicorn would sys.exit).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    server = _Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="transfer-bot-server")
-    ready = asyncio.create_task(server.ready.wait())
-    try:
-        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            raise RuntimeError("transfer bot server stopped before listening")
-        bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
-        url = f"ws://{bound_host}:{bound_port}{WS_PATH}"
-        yield TransferBot(url, bound_host, bound_port, stats)
-    finally:
-        ready.cancel()
-        server.should_exit = True
-        await serving
+    async with serve_app(app, host, port, "transfer bot") as (bound_host, bound_port):
+        yield TransferBot(f"ws://{bound_host}:{bound_port}{WS_PATH}", bound_host, bound_port,
+                          stats)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
