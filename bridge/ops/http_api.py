@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bridge.bot.control import parse_control
 from bridge.bot.dialects.base import stable_sid
@@ -61,6 +62,7 @@ from bridge.ops.requests import (
 
 if TYPE_CHECKING:
     from bridge.call.runner import Call
+    from bridge.service.config import Settings
     from bridge.service.controller import Controller
 
 log = get_logger("bridge.ops.http_api")
@@ -127,7 +129,7 @@ class HttpApi:
             await runner.cleanup()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors, self._bearer])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares(self._token))
         app.router.add_get("/healthz", self._healthz, allow_head=False)
         app.router.add_get("/readyz", self._readyz, allow_head=False)
         app.router.add_get("/calls", self._list_calls, allow_head=False)
@@ -156,35 +158,6 @@ class HttpApi:
         if call is not None:
             return call.view()
         return self.history.get(call_id, self._clock())
-
-    # ---- middlewares --------------------------------------------------------------------
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiRequestError as exc:
-            return error(exc.status, exc.message)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-            return error(exc.status, exc.reason, headers=headers)
-
-    @web.middleware
-    async def _bearer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if not self._token or path in OPEN_PATHS or path.startswith(TWILIO_PREFIX):
-            return await handler(request)
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.strip().encode(), self._token
-        ):
-            log.info("http_unauthorized", method=request.method, path=path,
-                     remote=request.remote, had_credentials=bool(credentials))  # fmt: skip
-            why = "missing bearer token" if not credentials else "wrong bearer token"
-            return error(401, why, headers={"WWW-Authenticate": 'Bearer realm="pipecat-bridge"'})
-        return await handler(request)
 
     # ---- health -------------------------------------------------------------------------
 
@@ -248,7 +221,7 @@ class HttpApi:
         """What the bot's transfer message does (bridge.bot.control), after the audio the bot
         queued has played: {"target", "mode", "caller_id", "timeout"}."""
         call_id = request.match_info["call_id"]
-        body = parse_json_object(await _read_body(request))
+        body = parse_json_object(await read_body(request))
         unknown = sorted(set(body) - TRANSFER_FIELDS)
         if unknown:
             return error(400, f"unknown fields: {', '.join(unknown)}")
@@ -271,7 +244,7 @@ class HttpApi:
         return json_response(202, call.view().to_json())
 
     async def _originate(self, request: web.Request) -> web.Response:
-        body = parse_json_object(await _read_body(request))  # bad input: 4xx in any build
+        body = parse_json_object(await read_body(request))  # bad input: 4xx in any build
         outbound = _outbound_module()
         originate = getattr(self._controller, "originate", None)
         cls = getattr(outbound, "OriginateRequest", None)
@@ -287,7 +260,7 @@ class HttpApi:
         return json_response(202, view.to_json() if view is not None else {"id": call_id})
 
     async def _expect(self, request: web.Request) -> web.Response:
-        body = parse_json_object(await _read_body(request))
+        body = parse_json_object(await read_body(request))
         outbound = _outbound_module()
         expect = getattr(self._controller, "expect", None)
         cls = getattr(outbound, "ExpectedCall", None)
@@ -306,7 +279,7 @@ class HttpApi:
     async def _twilio_update(self, request: web.Request) -> web.Response:
         account_sid = request.match_info["account_sid"]
         call_sid = request.match_info["call_sid"]
-        if not self._twilio_authorised(request):
+        if not twilio_authorised(request, self._settings):
             log.info("twilio_unauthorized", remote=request.remote, call_sid=call_sid)
             return twilio_error(
                 401, 20003, "Authenticate", headers={"WWW-Authenticate": 'Basic realm="Twilio API"'}
@@ -314,7 +287,7 @@ class HttpApi:
         if account_sid != self._settings.twilio_account_sid:  # checked after the credentials
             return twilio_error(404, 20404, f"The requested resource {request.path} was not found")
         try:
-            parse_twilio_update(await _read_body(request))
+            parse_twilio_update(await read_body(request))
         except ApiRequestError as exc:
             return twilio_error(exc.status, 20001, exc.message)
         call = self._call_by_sid(call_sid)
@@ -326,29 +299,72 @@ class HttpApi:
             call.feed(HangupRequested("bot hung up (Twilio REST)", by=EndedBy.BOT, drain=True))
         return json_response(200, twilio_call(call.view(), account_sid, call_sid, request.path))
 
-    def _twilio_authorised(self, request: web.Request) -> bool:
-        settings = self._settings
-        if not settings.twilio_account_sid or not settings.twilio_auth_token:
-            return False  # not configured: nobody may
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        user, sep, password = decoded.partition(b":")
-        expected_user = settings.twilio_account_sid.encode()
-        expected_password = settings.twilio_auth_token.encode()
-        user_ok = hmac.compare_digest(user, expected_user)
-        password_ok = hmac.compare_digest(password, expected_password)
-        return bool(sep) and user_ok and password_ok
-
     def _call_by_sid(self, call_sid: str) -> Call | None:
         for call in self._controller.registry:
             if hmac.compare_digest(twilio_call_sid(call.ids.call_id), call_sid):
                 return call
         return None
+
+
+# ---- shared with the host API (bridge.ops.host_api) ------------------------------------
+
+
+def middlewares(token: bytes) -> list[Middleware]:
+    """Errors as JSON, then the bearer token (b"": none needed)."""
+    return [errors_middleware, bearer_middleware(token)]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiRequestError as exc:
+        return error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        return error(exc.status, exc.reason, headers=headers)
+
+
+def bearer_middleware(token: bytes) -> Middleware:
+    """Every path but OPEN_PATHS and the Twilio one (its own Basic auth) needs the token."""
+
+    @web.middleware
+    async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if not token or path in OPEN_PATHS or path.startswith(TWILIO_PREFIX):
+            return await handler(request)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), token
+        ):
+            log.info("http_unauthorized", method=request.method, path=path,
+                     remote=request.remote, had_credentials=bool(credentials))  # fmt: skip
+            why = "missing bearer token" if not credentials else "wrong bearer token"
+            return error(401, why, headers={"WWW-Authenticate": 'Bearer realm="pipecat-bridge"'})
+        return await handler(request)
+
+    return bearer
+
+
+def twilio_authorised(request: web.Request, settings: Settings) -> bool:
+    """HTTP Basic with --twilio-account-sid and its auth token (unconfigured: nobody)."""
+    if not settings.twilio_account_sid or not settings.twilio_auth_token:
+        return False
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    user, sep, password = decoded.partition(b":")
+    expected_user = settings.twilio_account_sid.encode()
+    expected_password = settings.twilio_auth_token.encode()
+    user_ok = hmac.compare_digest(user, expected_user)
+    password_ok = hmac.compare_digest(password, expected_password)
+    return bool(sep) and user_ok and password_ok
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -393,7 +409,7 @@ def twilio_call(view: CallView, account_sid: str, call_sid: str, uri: str) -> di
     }
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiRequestError(413, f"body larger than {MAX_BODY} bytes")
     try:
