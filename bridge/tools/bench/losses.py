@@ -6,7 +6,9 @@
 
 Each bracket has its counter: the kernel's per-socket `drops` column of /proc/net/udp (the
 relay's sockets and the harness's apart, told by the socket inodes under /proc/<pid>/fd),
-the host's `Udp: RcvbufErrors` in /proc/net/snmp (every socket of the host, ours or not), and
+the host's `Udp: RcvbufErrors` in /proc/net/snmp (every socket of the host, ours or not), the
+per-CPU input backlog's drops in /proc/net/softnet_stat (loopback datagrams wait there for
+the softirq that hands them to the socket: at most net.core.netdev_max_backlog), and
 the bridge's own `/metrics` counters (`rx_late`, `rx_lost`, `bot_dropped`, the playout
 queue's overflow, the clock's skipped frame times). A `Sample` is one reading of all of them;
 `delta(before, after)` is what happened in between. The parsers are pure; `sample_udp`,
@@ -33,7 +35,7 @@ BRIDGE_COUNTERS = {
     "pipecat_bridge_media_tx_overflow_bytes_total": "tx_overflow_bytes",
     "pipecat_bridge_pacing_skipped_frames_total": "skipped_frames",
 }
-SNMP_KEYS = ("RcvbufErrors", "SndbufErrors", "InErrors", "NoPorts")
+SNMP_KEYS = ("RcvbufErrors", "SndbufErrors", "InErrors", "NoPorts", "BacklogDrops")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,18 @@ def parse_snmp(text: str, protocol: str = "Udp") -> dict[str, int]:
         return {}
     names, values = rows[0][1:], rows[1][1:]
     return {name: int(value) for name, value in zip(names, values, strict=False)}
+
+
+def parse_softnet(text: str) -> tuple[int, int]:
+    """/proc/net/softnet_stat -> (packets processed, packets dropped with the backlog full),
+    summed over CPUs (one line each, hex columns)."""
+    processed = dropped = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            with contextlib.suppress(ValueError):
+                processed, dropped = processed + int(fields[0], 16), dropped + int(fields[1], 16)
+    return processed, dropped
 
 
 def parse_counters(text: str, names: Iterable[str]) -> dict[str, float]:
@@ -142,11 +156,13 @@ def sample_udp() -> dict[int, UdpSocket]:
 
 
 def sample_snmp() -> dict[str, int]:
-    try:
-        with open("/proc/net/snmp", encoding="ascii") as fh:
-            return parse_snmp(fh.read())
-    except OSError:
-        return {}
+    """The host's Udp counters, and the input backlog's drops as `BacklogDrops`."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError), open("/proc/net/snmp", encoding="ascii") as fh:
+        out.update(parse_snmp(fh.read()))
+    with contextlib.suppress(OSError), open("/proc/net/softnet_stat", encoding="ascii") as fh:
+        out["BacklogDrops"] = parse_softnet(fh.read())[1]
+    return out
 
 
 def socket_inodes(pids: Iterable[int]) -> set[int]:

@@ -194,7 +194,8 @@ def where_lines(run: RunResult) -> list[str]:
     losses = run.extra.get("losses")
     if not losses:
         return []
-    parts = [f"host RcvbufErrors +{losses.get('host_RcvbufErrors', -1)}"]
+    parts = [f"host RcvbufErrors +{losses.get('host_RcvbufErrors', -1)}",
+             f"backlog drops +{losses.get('host_BacklogDrops', -1)}"]
     if losses.get("rx_lost", -1) >= 0:
         parts += [f"bridge rx_lost {losses['rx_lost']}",
                   f"playout overflow {losses['tx_overflow_bytes']} B",

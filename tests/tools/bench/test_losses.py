@@ -14,6 +14,7 @@ from bridge.tools.bench.losses import (
     parse_counters,
     parse_fd_link,
     parse_snmp,
+    parse_softnet,
     parse_udp_table,
 )
 from bridge.tools.bench.procs import parent_pid
@@ -70,6 +71,18 @@ def test_snmp_udp_row() -> None:
     assert udp["SndbufErrors"] == 0 and len(udp) == 9
     assert parse_snmp(SNMP, "UdpLite")["InDatagrams"] == 0
     assert parse_snmp("Ip: a\nIp: 1\n") == {}
+
+
+SOFTNET = """\
+004289a9 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000
+004e023e 0000000a 00000001 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 00000000 00000000
+"""
+
+
+def test_softnet_backlog_drops_over_cpus() -> None:
+    assert parse_softnet(SOFTNET) == (0x004289A9 + 0x004E023E, 10)
+    assert parse_softnet("") == (0, 0)
+    assert parse_softnet("zz 1\n") == (0, 0)
 
 
 def test_counters_summed_over_labels() -> None:
