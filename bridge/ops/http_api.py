@@ -29,6 +29,7 @@ touches an Asterisk channel itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -99,6 +100,7 @@ class HttpApi:
         self._token = controller.settings.http_token.encode()
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None  # once listening
+        self.started = asyncio.Event()  # start() is done: listening, or off
         controller.observers.append(self._observe)
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -108,6 +110,7 @@ class HttpApi:
         listen = parse_listen(self._settings.http_listen, "--http-listen")
         if listen is None:
             log.info("http_api_disabled")
+            self.started.set()
             return
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
@@ -122,6 +125,7 @@ class HttpApi:
         host, port = runner.addresses[0][:2]
         self.address = (str(host), int(port))
         log.info("http_api_listening", address=f"{host}:{port}", token=bool(self._token))
+        self.started.set()
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None

@@ -12,6 +12,8 @@ our pid. What this service sends:
                  in a callback stops the pings, and systemd kills and restarts the service
     STOPPING=1   the drain has begun
     RELOADING=1  (the `--workers` supervisor) a rolling replace has begun; READY=1 ends it
+    X_PIPECAT_HTTP=host:port   where the HTTP API listens, for a `--workers` supervisor
+                 (systemd ignores assignments it does not know; sd_notify(3) asks for X_)
 
 Hand-written because it is a few lines and the libraries are not worth a dependency: the
 `sdnotify` package on PyPI has had no release since 2017, and systemd-python (`systemd.daemon`)
@@ -152,6 +154,10 @@ class Notifier:
         """RELOADING=1 (with the MONOTONIC_USEC systemd >= 253 asks for); READY=1 ends it."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._send_with_status(f"RELOADING=1\nMONOTONIC_USEC={usec}", status)
+
+    def assign(self, name: str, value: str) -> None:
+        """One assignment of this service's own (an X_ name), sent now."""
+        self._send(f"{name}={_one_line(value)}")
 
     def status(self, text: str) -> None:
         """STATUS=text, at most one a second; from a coroutine or callback on the loop, a text

@@ -22,7 +22,7 @@ from bridge.service.check import run_check
 from bridge.service.config import Settings, build_parser, settings_from
 from bridge.service.controller import Controller
 from bridge.service.supervisor import Supervisor, check_plans
-from bridge.service.workers import default_instance_id
+from bridge.service.workers import HTTP_ADDRESS, default_instance_id
 
 log = get_logger("bridge.service.cli")
 
@@ -66,6 +66,11 @@ async def _announce_ready(controller: Controller, notifier: Notifier) -> None:
     socket is connected (which registers the Stasis app) and the start-up sweep is done (a
     caller arriving during it could be taken for one gone; a --workers reload waits for it)."""
     await controller.listening.wait()
+    await controller.http_api.started.wait()
+    if controller.http_api.address is not None:
+        # Before READY=1: a --workers supervisor asks this API about the worker even while
+        # it is not ready (/readyz says why). Its port may have been any free one (0).
+        notifier.assign(HTTP_ADDRESS, "{}:{}".format(*controller.http_api.address))
     if controller.settings.ari_enabled:
         await controller.events.connected.wait()
         await controller.resynced.wait()
@@ -149,7 +154,11 @@ def _supervise(settings: Settings, argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"pipecat-bridge: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(Supervisor(settings, argv, instance, Notifier.from_env()).run())
+    try:
+        asyncio.run(Supervisor(settings, argv, instance, Notifier.from_env()).run())
+    except ConfigError as exc:  # the host's --http-listen cannot be bound
+        print(f"pipecat-bridge: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,7 +4,9 @@ Theory of operation. The supervisor holds no call and speaks to no Asterisk; it 
 ordinary single-process bridges (`python -m bridge.service.cli <argv> <overrides>`), each
 with its own app, id prefix and ports (bridge.service.workers), and reads each worker's
 sd_notify datagrams on a socket of its own (the worker's $NOTIFY_SOCKET): READY=1 tells it
-the worker's app is registered, STATUS= its calls. A subprocess rather than multiprocessing:
+the worker's app is registered, STATUS= its calls, X_PIPECAT_HTTP= where its loopback HTTP
+API listens. The supervisor serves the host's one HTTP API and /metrics on --http-listen
+(bridge.ops.host_api), asking the workers' APIs. A subprocess rather than multiprocessing:
 a worker is exactly today's process (uvloop, gc.freeze, its own signal handling), configured
 through the same flags, and a reload starts the code that is on disk now.
 
@@ -34,14 +36,18 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 from bridge.logs import get_logger
+from bridge.ops.fanout import WorkerSeat
+from bridge.ops.host_api import HostApi
 from bridge.ops.sdnotify import Notifier
 from bridge.ops.spool import default_spool_path
 from bridge.service.config import Settings
 from bridge.service.workers import (
     BACKOFF_CAP_S,
+    HTTP_ADDRESS,
     WorkerPlan,
     backoff_delay,
     calls_in_status,
+    parse_http_address,
     parse_notify,
     plan_worker,
 )
@@ -66,10 +72,18 @@ class Worker:
         self.calls = 0
         self.restarts = 0
         self.sock: socket.socket | None = None  # where its sd_notify datagrams arrive
+        self.http: tuple[str, int] | None = None  # its HTTP API, as this incarnation said
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    def seat(self) -> WorkerSeat:
+        plan = self.plan
+        return WorkerSeat(tag=plan.tag, slot=plan.slot, generation=plan.generation,
+                          address=self.http, running=self.alive, ready=self.ready.is_set(),
+                          draining=self.retired, calls=self.calls,
+                          restarts=self.restarts)  # fmt: skip
 
     def signal(self, sig: signal.Signals) -> None:
         if self.alive:
@@ -101,6 +115,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._signals = 0
         self._reload: asyncio.Task[None] | None = None
+        self.host_api = HostApi(settings, self.seats)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -113,6 +128,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.on_reload_signal)
         log.info("supervisor_starting", workers=self.settings.workers, instance=self.instance)
         try:
+            await self.host_api.start()  # ConfigError if --http-listen cannot be bound
             for slot in range(self.settings.workers):
                 self._start(self._plan(slot, 0))
             ready = loop.create_task(self._announce_ready())
@@ -127,6 +143,7 @@ class Supervisor:
             for worker in list(self._keepers):
                 worker.signal(signal.SIGKILL)  # only if this very task was cancelled
                 self._unlisten(worker)
+            await self.host_api.close()
             shutil.rmtree(self._runtime, ignore_errors=True)
             self._notifier.close()
             log.info("supervisor_stopped")
@@ -154,6 +171,10 @@ class Supervisor:
         ready = sum(1 for w in self.current.values() if w.ready.is_set())
         calls = sum(w.calls for w in self._keepers)
         return f"{ready}/{self.settings.workers} workers ready, {calls} calls active"
+
+    def seats(self) -> list[WorkerSeat]:
+        """Every worker kept now (a draining one too), for the host API."""
+        return sorted((w.seat() for w in self._keepers), key=lambda s: (s.slot, s.generation))
 
     # ---- workers ------------------------------------------------------------------------
 
@@ -193,6 +214,7 @@ class Supervisor:
     async def _run_once(self, worker: Worker) -> int:
         worker.ready.clear()
         worker.calls = 0
+        worker.http = None
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge.service.cli", *self._argv, *worker.plan.flags(),
             env=self._worker_env(worker),
@@ -208,6 +230,7 @@ class Supervisor:
         log.info("worker_stopped", worker=worker.plan.tag, pid=process.pid, returncode=code)
         worker.ready.clear()
         worker.calls = 0
+        worker.http = None
         return code
 
     def _worker_env(self, worker: Worker) -> dict[str, str]:
@@ -269,6 +292,8 @@ class Supervisor:
                 log.warning("worker_notify_failed", worker=worker.plan.tag, error=str(exc))
                 return
             fields = parse_notify(datagram)
+            if HTTP_ADDRESS in fields:
+                worker.http = parse_http_address(fields[HTTP_ADDRESS])
             if "STATUS" in fields:
                 worker.calls = calls_in_status(fields["STATUS"]) or 0
             if fields.get("READY") == "1" and not worker.ready.is_set():

@@ -13,7 +13,10 @@ A worker restarted after a crash keeps its plan (same app, same prefix), so it s
 predecessor left in `GET /applications/<app>` and sweeps it. During a rolling replace the old
 and the new worker of a slot run side by side, so every per-worker resource is cut into 2N
 pieces and a generation takes piece `slot + N * (gen % 2)`: the RTP port range, and the
-listener ports (base port + that index; port 0, a fresh port, and '' = off, stay as they are).
+media listener ports (base port + that index; port 0, a fresh port, and '' = off, stay as they
+are). The HTTP API is the host's: the supervisor binds `--http-listen` (bridge.ops.host_api)
+and each worker `127.0.0.1:<port + 1 + index>`, loopback only, and says where in its
+sd_notify (`X_PIPECAT_HTTP=host:port`, so port 0 works too).
 `--max-calls` is for the host and is divided among the slots (a draining old worker takes no
 new calls, so the overlap never exceeds it for new calls).
 
@@ -40,6 +43,9 @@ from bridge.service.peers import TAG
 INSTANCE_ID_MAX = 12
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
+# The sd_notify assignment in which a worker says where its HTTP API listens.
+HTTP_ADDRESS = "X_PIPECAT_HTTP"
+WORKER_HTTP_HOST = "127.0.0.1"
 
 
 def default_instance_id(hostname: str) -> str:
@@ -93,6 +99,24 @@ def shifted_listen(text: str, index: int, flag: str) -> str:
     if port + index > 65535:
         raise ConfigError(f"{flag} {text}: port {port} + {index} is past 65535")
     return f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"
+
+
+def worker_http_listen(text: str, index: int) -> str:
+    """A worker's HTTP API: loopback, the host's port + 1 + index (0 stays any free port);
+    '' (off) when the host has none."""
+    address = parse_listen(text, "--http-listen")
+    if address is None:
+        return ""
+    return shifted_listen(f"{WORKER_HTTP_HOST}:{address[1]}", index + 1, "--http-listen")
+
+
+def parse_http_address(text: str) -> tuple[str, int] | None:
+    """A worker's `X_PIPECAT_HTTP=host:port` ([v6]:port too), or None."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
@@ -164,7 +188,7 @@ def plan_worker(
             settings.audiosocket_listen, index, "--audiosocket-listen"
         ),
         websocket_listen=shifted_listen(settings.websocket_listen, index, "--websocket-listen"),
-        http_listen=shifted_listen(settings.http_listen, index, "--http-listen"),
+        http_listen=worker_http_listen(settings.http_listen, index),
         webhook_spool=spool,
         instance=instance,
         peer_scope=f"{settings.app}-{instance}-{TAG} {settings.id_prefix}{instance}-{TAG}-",

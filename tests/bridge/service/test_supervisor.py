@@ -16,12 +16,14 @@ from bridge.service.workers import (
     backoff_delay,
     calls_in_status,
     default_instance_id,
+    parse_http_address,
     parse_notify,
     piece_index,
     plan_worker,
     rtp_slices,
     shifted_listen,
     split_calls,
+    worker_http_listen,
     worker_tag,
 )
 
@@ -91,8 +93,27 @@ def test_listener_ports_move_with_the_slice() -> None:
     assert shifted_listen("127.0.0.1:0", 3, "--x") == "127.0.0.1:0"
     with pytest.raises(ConfigError, match="past 65535"):
         shifted_listen("127.0.0.1:65535", 1, "--x")
-    plan = plan_worker(settings(http_listen="127.0.0.1:8089"), "h", 1, 1)
-    assert plan.http_listen == "127.0.0.1:8092"  # piece 1 + 2
+    plan = plan_worker(settings(audiosocket_listen="127.0.0.1:9092"), "h", 1, 1)
+    assert plan.audiosocket_listen == "127.0.0.1:9095"  # piece 1 + 2
+
+
+def test_the_workers_http_apis_are_loopback_past_the_hosts_port() -> None:
+    # The supervisor binds --http-listen; piece i's worker 127.0.0.1:port + 1 + i.
+    ports = [
+        plan_worker(settings(http_listen="0.0.0.0:8089"), "h", slot, gen).http_listen
+        for gen in (0, 1)
+        for slot in (0, 1)
+    ]
+    assert ports == ["127.0.0.1:8090", "127.0.0.1:8091", "127.0.0.1:8092", "127.0.0.1:8093"]
+    assert worker_http_listen("[::1]:8089", 0) == "127.0.0.1:8090"
+    assert worker_http_listen("127.0.0.1:0", 3) == "127.0.0.1:0"  # any free port, said later
+    assert worker_http_listen("", 3) == ""  # no host API, no worker APIs
+    with pytest.raises(ConfigError, match="past 65535"):
+        check_plans(settings(http_listen="127.0.0.1:65532"), "h")  # 4 pieces past 65532
+    assert parse_http_address("127.0.0.1:8090") == ("127.0.0.1", 8090)
+    assert parse_http_address("[::1]:8090") == ("::1", 8090)
+    for bad in ("", "8090", "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:0", "h:70000"):
+        assert parse_http_address(bad) is None
 
 
 def test_worker_flags_override_the_supervisors() -> None:
