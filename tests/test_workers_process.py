@@ -1,7 +1,9 @@
 """`pipecat-bridge run --workers 2` as systemd runs it: a supervisor and two worker processes
-against the simulated Asterisk. A worker killed with SIGKILL comes back under the same app
-name and sweeps what it left; SIGHUP replaces both workers with a new generation while the
-supervisor stays up; SIGTERM stops everything with exit 0."""
+against the simulated Asterisk. The supervisor's one HTTP API answers for both workers
+(/metrics labelled by worker, /calls with the worker of each call). A worker killed with
+SIGKILL comes back under the same app name and sweeps what it left; SIGHUP replaces both
+workers with a new generation while the supervisor stays up; SIGTERM stops everything with
+exit 0."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.service.peers import REGISTRY
 from bridge.tools.demo.echo_bot import run_echo_bot
@@ -77,6 +82,25 @@ def ours(sim: SimulatedAsterisk, prefix: str) -> list[str]:
     return [i for i in (*sim.channels, *sim.bridges) if i.startswith(prefix)]
 
 
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def metric_workers(session: aiohttp.ClientSession, base: str, name: str) -> set[str]:
+    """The `worker` labels of the host's `name` series."""
+    status, text = await get(session, base + "/metrics")
+    assert status == 200
+    return {
+        s.labels["worker"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
 async def test_two_workers_restart_reload_and_stop(tmp_path: Path) -> None:
     notify_path = str(tmp_path / "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -107,9 +131,17 @@ async def test_two_workers_restart_reload_and_stop(tmp_path: Path) -> None:
             env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         log = Log(proc)
+        session = aiohttp.ClientSession()
         try:
             await asyncio.wait_for(log.until("service_ready", workers=2), 30)
             assert sim.connected_apps() == ["pipecat-t-0", "pipecat-t-1"]
+            # The host's one HTTP API, on the port the supervisor bound (--http-listen :0).
+            listening = await log.until("host_api_listening", seen=True)
+            base = f"http://{listening['address']}"
+            status, ready = await get(session, base + "/readyz")
+            assert status == 200 and [w["worker"] for w in ready["workers"]] == ["0", "1"]
+            rtp_ports = "pipecat_bridge_rtp_ports"
+            assert await metric_workers(session, base, rtp_ports) == {"0", "1"}
             # One heartbeat for the host, written by both workers, listed once.
             while len(log.events("heartbeat_started")) < 2:
                 await asyncio.wait_for(log.until("heartbeat_started"), 10)
@@ -122,6 +154,10 @@ async def test_two_workers_restart_reload_and_stop(tmp_path: Path) -> None:
             call = await sim.place_call("basic_ulaw", app="pipecat-t-0", hangup_after=60)
             await asyncio.wait_for(call.bridged, 10)
             assert len(ours(sim, "pcb-t-0-")) == 2  # its bridge and its media channel
+            status, views = await get(session, base + "/calls")
+            assert status == 200 and [v["worker"] for v in views] == ["0"]
+            status, view = await get(session, f"{base}/calls/{views[0]['id']}")
+            assert status == 200 and (view["worker"], view["state"]) == ("0", "up")
             os.kill(first["0"], signal.SIGKILL)
             exited = await asyncio.wait_for(log.until("worker_exited", worker="0"), 10)
             assert exited["returncode"] == -signal.SIGKILL and exited["restart_in_s"] == 1
@@ -143,12 +179,14 @@ async def test_two_workers_restart_reload_and_stop(tmp_path: Path) -> None:
                 stopped = log.until("worker_stopped", seen=True, worker=tag, returncode=0)
                 await asyncio.wait_for(stopped, 20)
             assert sim.connected_apps() == ["pipecat-t-0g1", "pipecat-t-1g1"]
+            assert await metric_workers(session, base, rtp_ports) == {"0g1", "1g1"}
             assert proc.returncode is None
 
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(log.rest(), 30)
             await asyncio.wait_for(proc.wait(), 10)
         finally:
+            await session.close()
             for line in log.lines:  # shown when the test fails
                 print({k: v for k, v in line.items() if k not in ("level", "timestamp")})
             for pid in log.pids:  # first: they hold the stderr pipe proc.wait() waits for
