@@ -112,7 +112,10 @@ async def test_a_bridge_recording_as_recorded(sim: SimulatedAsterisk, ari: Ari) 
     assert params.nframes / 8000 == pytest.approx(1.2, abs=0.15)
     assert peak_hz(samples[: 8000 * 3 // 10]) == pytest.approx(700, abs=30)  # the beep
     assert peak_hz(samples[8000 * 6 // 10 :]) == pytest.approx(1300, abs=30)  # us + echo
-    assert np.abs(samples[8000 * 4 // 10 : 8000 * 45 // 100]).max() < 100  # silence between
+    # Silence between them: 50 ms of it somewhere in 0.3-0.6 s (where exactly moves with the
+    # loop's scheduling when the machine is busy).
+    windows = range(8000 * 3 // 10, 8000 * 6 // 10 - 400, 80)
+    assert any(np.abs(samples[i : i + 400]).max() < 100 for i in windows)
     for path in ("..%2Fpipecat-lab-escape", "pipecat-lab%2F..%2F..%2F..%2Fetc%2Fpasswd",
                  "pipecat-lab-nosuch"):  # fmt: skip
         missing = await ari.request("GET", f"/ari/recordings/stored/{path}/file")
