@@ -88,7 +88,7 @@ class HostApi:
             raise ConfigError(f"cannot listen for HTTP on {listen[0]}:{listen[1]}: "
                               f"{exc.strerror or exc}") from None  # fmt: skip
         self._runner = runner
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._session = aiohttp.ClientSession()  # one for every worker request
         host, port = runner.addresses[0][:2]
         self.address = (str(host), int(port))
         log.info("host_api_listening", address=f"{host}:{port}", token=bool(self._token))
