@@ -221,6 +221,32 @@ def test_calls_end_completed_failed_or_rejected() -> None:
     assert value(samples, "pipecat_bridge_call_talk_seconds_sum") == 6 * 60.0
 
 
+def test_transfers_and_recordings_of_ended_calls_are_counted() -> None:
+    controller = fake_controller()
+    metrics = BridgeMetrics(controller)
+    answered = {"target": "PJSIP/1", "mode": "blind", "target_channel": "x", "outcome": "answered"}
+    busy = {**answered, "outcome": "failed: busy"}
+    done = {"name": "a", "format": "wav", "track": "mixed", "state": "done", "file": "a.wav"}
+    cases = [
+        ended("a", "transfer target hung up", EndedBy.TARGET, transfer=answered,
+              recordings=(done,)),
+        ended("b", "transfer to PJSIP/1 failed: busy", EndedBy.TARGET, fallback=True,
+              transfer=busy, recordings=({**done, "state": "failed", "error": "x"},)),
+        ended("c", "caller hung up", EndedBy.CALLER, transfer=busy),
+    ]  # fmt: skip
+    for v in cases:
+        controller.registry.add(v)
+        finish(metrics, controller.registry, v)
+    samples = scrape(metrics)
+    assert value(samples, "pipecat_bridge_transfers_total", outcome="answered") == 1
+    assert value(samples, "pipecat_bridge_transfers_total", outcome="busy") == 2
+    assert value(samples, "pipecat_bridge_transfers_total", outcome="no_answer") == 0
+    assert value(samples, "pipecat_bridge_recordings_total", state="done") == 1
+    assert value(samples, "pipecat_bridge_recordings_total", state="failed") == 1
+    assert value(samples, "pipecat_bridge_calls_failed_total", reason="transfer_failed") == 1
+    assert value(samples, "pipecat_bridge_calls_total", outcome="completed") == 2
+
+
 def test_end_reasons_map_to_a_closed_set() -> None:
     def failed(reason: str, by: EndedBy = EndedBy.BRIDGE) -> str:
         return failure_reason(ended(reason=reason, by=by, fallback=True))
