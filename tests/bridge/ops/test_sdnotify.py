@@ -107,6 +107,14 @@ async def test_from_env_reads_the_socket_and_the_watchdog(systemd: FakeSystemd) 
     notifier.close()
 
 
+async def test_an_assignment_of_our_own(systemd: FakeSystemd) -> None:
+    """Where a worker's HTTP API listens, for its --workers supervisor (systemd ignores it)."""
+    notifier = Notifier.from_env(systemd.env)
+    notifier.assign("X_PIPECAT_HTTP", "127.0.0.1:8090\nREADY=1")
+    assert await systemd.receive() == b"X_PIPECAT_HTTP=127.0.0.1:8090 READY=1"
+    notifier.close()
+
+
 async def test_a_status_cannot_start_another_assignment(systemd: FakeSystemd) -> None:
     notifier = Notifier.from_env(systemd.env)
     notifier.status("2 calls\nREADY=1")
