@@ -166,11 +166,39 @@ class WorkerPlan:
         return flags
 
 
+# The media listeners move by 2 ports a slice, so the default neighbours (AudioSocket 9092,
+# chan_websocket 9093) interleave instead of colliding: 9092/9093, 9094/9095, ...
+LISTENER_STRIDE = 2
+
+
+def check_listener_slices(settings: Settings) -> None:
+    """ConfigError if the workers' listener ports (both generations') would collide."""
+    pieces = 2 * settings.workers
+    taken: dict[int, str] = {}
+    rows = [("--audiosocket-listen", settings.audiosocket_listen, LISTENER_STRIDE, 0),
+            ("--websocket-listen", settings.websocket_listen, LISTENER_STRIDE, 0),
+            ("--http-listen", settings.http_listen, 1, 1)]  # fmt: skip
+    for flag, text, stride, first in rows:
+        address = parse_listen(text, flag)
+        if address is None or address[1] == 0:
+            continue
+        ports = [address[1]] if flag == "--http-listen" else []
+        ports += [address[1] + first + stride * i for i in range(pieces)]
+        for port in ports:
+            if port in taken and taken[port] != flag:
+                raise ConfigError(
+                    f"with --workers {settings.workers}, {flag} and {taken[port]} both need "
+                    f"port {port}: move one of them (each takes {pieces} ports from its own)"
+                )
+            taken[port] = flag
+
+
 def plan_worker(
     settings: Settings, instance: str, slot: int, generation: int, spool_base: str = ""
 ) -> WorkerPlan:
     """Slot `slot` of generation `generation` (ConfigError if the settings cannot be cut)."""
     workers = settings.workers
+    check_listener_slices(settings)
     index = piece_index(slot, generation, workers)
     tag = worker_tag(slot, generation)
     spool = ""
@@ -185,9 +213,11 @@ def plan_worker(
         rtp_ports=rtp_slices(*settings.rtp_ports, workers)[index],
         max_calls=split_calls(settings.max_calls, workers)[slot],
         audiosocket_listen=shifted_listen(
-            settings.audiosocket_listen, index, "--audiosocket-listen"
+            settings.audiosocket_listen, LISTENER_STRIDE * index, "--audiosocket-listen"
         ),
-        websocket_listen=shifted_listen(settings.websocket_listen, index, "--websocket-listen"),
+        websocket_listen=shifted_listen(
+            settings.websocket_listen, LISTENER_STRIDE * index, "--websocket-listen"
+        ),
         http_listen=worker_http_listen(settings.http_listen, index),
         webhook_spool=spool,
         instance=instance,

@@ -94,7 +94,22 @@ def test_listener_ports_move_with_the_slice() -> None:
     with pytest.raises(ConfigError, match="past 65535"):
         shifted_listen("127.0.0.1:65535", 1, "--x")
     plan = plan_worker(settings(audiosocket_listen="127.0.0.1:9092"), "h", 1, 1)
-    assert plan.audiosocket_listen == "127.0.0.1:9095"  # piece 1 + 2
+    assert plan.audiosocket_listen == "127.0.0.1:9098"  # piece 1 + 2, two ports a piece
+
+
+def test_the_default_listeners_interleave_and_colliding_ones_are_refused() -> None:
+    s = settings(audiosocket_listen="127.0.0.1:9092", websocket_listen="127.0.0.1:9093")
+    plans = [plan_worker(s, "h", slot, gen) for gen in (0, 1) for slot in (0, 1)]
+    audiosocket = [p.audiosocket_listen for p in plans]
+    websocket = [p.websocket_listen for p in plans]
+    assert audiosocket == ["127.0.0.1:9092", "127.0.0.1:9094", "127.0.0.1:9096", "127.0.0.1:9098"]
+    assert websocket == ["127.0.0.1:9093", "127.0.0.1:9095", "127.0.0.1:9097", "127.0.0.1:9099"]
+    with pytest.raises(ConfigError, match="--websocket-listen and --audiosocket-listen both"):
+        plan_worker(settings(audiosocket_listen="127.0.0.1:9092",
+                             websocket_listen="127.0.0.1:9094"), "h", 0, 0)  # fmt: skip
+    with pytest.raises(ConfigError, match="--http-listen and"):
+        plan_worker(settings(audiosocket_listen="127.0.0.1:8090", websocket_listen="",
+                             http_listen="127.0.0.1:8089"), "h", 0, 0)  # fmt: skip
 
 
 def test_the_workers_http_apis_are_loopback_past_the_hosts_port() -> None:
