@@ -35,7 +35,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
@@ -95,24 +95,32 @@ class EchoCallStats:
             await self.audio_arrived.wait()
 
 
-class EchoBotStats:
-    """Every call the bot served, in connection order, and handshakes it refused."""
+CallT = TypeVar("CallT")
+
+
+class BotStats(Generic[CallT]):
+    """Every call a demo bot served, in connection order, and handshakes it refused."""
 
     def __init__(self) -> None:
-        self.calls: list[EchoCallStats] = []
+        self.calls: list[CallT] = []
         self.rejected: list[str] = []
-        self._started: asyncio.Queue[EchoCallStats] = asyncio.Queue()
+        self._started: asyncio.Queue[CallT] = asyncio.Queue()
 
     def __repr__(self) -> str:
-        return f"EchoBotStats(calls={len(self.calls)}, rejected={len(self.rejected)})"
+        name = type(self).__name__
+        return f"{name}(calls={len(self.calls)}, rejected={len(self.rejected)})"
 
-    def add_call(self, call: EchoCallStats) -> None:
+    def add_call(self, call: CallT) -> None:
         self.calls.append(call)
         self._started.put_nowait(call)
 
-    async def next_call(self) -> EchoCallStats:
+    async def next_call(self) -> CallT:
         """The next call whose handshake the bot accepted, waiting for it if need be."""
         return await self._started.get()
+
+
+class EchoBotStats(BotStats[EchoCallStats]):
+    """The echo bot's calls."""
 
 
 class EchoProcessor(FrameProcessor):

@@ -64,6 +64,7 @@ from bridge.tools.demo.echo_bot import (
     PIPELINE_RATES,
     WIRE_RATES,
     WS_PATH,
+    BotStats,
     EchoCallStats,
     HandshakeRefused,
     _close_quietly,
@@ -163,24 +164,8 @@ def _of(messages: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
     return [m for m in messages if m.get("event") == event]
 
 
-class TransferBotStats:
-    """Every call the bot served, in connection order, and handshakes it refused."""
-
-    def __init__(self) -> None:
-        self.calls: list[TransferCallStats] = []
-        self.rejected: list[str] = []
-        self._started: asyncio.Queue[TransferCallStats] = asyncio.Queue()
-
-    def __repr__(self) -> str:
-        return f"TransferBotStats(calls={len(self.calls)}, rejected={len(self.rejected)})"
-
-    def add_call(self, call: TransferCallStats) -> None:
-        self.calls.append(call)
-        self._started.put_nowait(call)
-
-    async def next_call(self) -> TransferCallStats:
-        """The next call whose handshake the bot accepted, waiting for it if need be."""
-        return await self._started.get()
+class TransferBotStats(BotStats[TransferCallStats]):
+    """The transfer bot's calls."""
 
 
 class TransferBotProcessor(FrameProcessor):
