@@ -176,6 +176,20 @@ class HandshakeRefused(Exception):
     """The peer did not open the call the way the bot's dialect does."""
 
 
+async def accept_call(
+    websocket: WebSocket, stats: BotStats[Any], dialect: str
+) -> EchoCallStats | None:
+    """Accept the connection and read the dialect's handshake as a stock bot does; None (the
+    refusal noted in `stats`, the socket closed) when the peer did not open a call."""
+    await websocket.accept()
+    try:
+        return await _handshake(websocket, dialect)
+    except HandshakeRefused as exc:
+        stats.rejected.append(str(exc))
+        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
+        return None
+
+
 async def serve_call(
     websocket: WebSocket,
     stats: EchoBotStats,
@@ -184,12 +198,8 @@ async def serve_call(
     sample_rate: int = 8000,
 ) -> None:
     """One connection: the dialect's handshake as a stock bot reads it, then the echo."""
-    await websocket.accept()
-    try:
-        call = await _handshake(websocket, dialect)
-    except HandshakeRefused as exc:
-        stats.rejected.append(str(exc))
-        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
+    call = await accept_call(websocket, stats, dialect)
+    if call is None:
         return
     stats.add_call(call)
     try:

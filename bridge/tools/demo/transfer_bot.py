@@ -59,17 +59,14 @@ from bridge import botkit
 
 # The echo bot's handshake and serializers, so that both bots meet the bridge alike.
 from bridge.tools.demo.echo_bot import (
-    CLOSE_BAD_HANDSHAKE,
     DIALECTS,
     PIPELINE_RATES,
     WIRE_RATES,
     WS_PATH,
     BotStats,
     EchoCallStats,
-    HandshakeRefused,
-    _close_quietly,
-    _handshake,
     _serializer,
+    accept_call,
     quiet_pipecat_logs,
     serve_app,
 )
@@ -274,12 +271,8 @@ async def serve_call(
     sample_rate: int = 8000,
 ) -> None:
     """One connection: the dialect's handshake as a stock bot reads it, then the bot."""
-    await websocket.accept()
-    try:
-        call = await _handshake(websocket, dialect)
-    except HandshakeRefused as exc:
-        stats.rejected.append(str(exc))
-        await _close_quietly(websocket, CLOSE_BAD_HANDSHAKE)
+    call = await accept_call(websocket, stats, dialect)
+    if call is None:
         return
     call_stats = TransferCallStats(call)
     stats.add_call(call_stats)
