@@ -21,7 +21,8 @@ The naive relay is one process with one app: it runs in the plain mode only.
 Every block also says where packets went (`losses`): kernel drops on the relay's and on the
 generator's UDP sockets, the bridge's rx_late and bot_dropped. `--hog K` runs K busy loops
 (one per CPU, round robin, at --hog-nice) during each run, to see the same under CPU
-contention, as a VM with CPU steal has.
+contention; `--stall MS/EVERY_S` stops the relay's processes (SIGSTOP) for MS ms about every
+EVERY_S s during the window, which is what CPU steal does to a VM.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ import numpy as np
 from bridge.tools.bench import losses
 from bridge.tools.bench.dispatch import shares, split_deviation
 from bridge.tools.bench.procs import (
+    Staller,
     child_preexec,
     cmdline,
     cpu_busy_seconds,
     cpu_seconds,
     cpu_split,
     descendants,
+    parse_stall,
     status_kib,
     stop,
     usable_cpus,
@@ -252,7 +255,14 @@ class Bench:
         busy0 = self._core_busy()
         loss0 = losses.take_sample(tree, harness, http_ports)
         profiler = self._profile(relay.pid, tag, seconds)
-        lines.expect("mark", seconds + 30)
+        staller = Staller(tree, *a.stall) if a.stall else None
+        if staller is not None:
+            staller.start()
+        try:
+            lines.expect("mark", seconds + 30)
+        finally:
+            if staller is not None:
+                result.extra["stalls"] = staller.stop()
         per1 = {pid: cpu_seconds(pid) for pid in tree}
         cpu1, h1, w1 = sum(per1.values()), sum(map(cpu_seconds, harness)), time.time()
         sys1 = sum(cpu_split(pid)[1] for pid in tree)
@@ -408,6 +418,13 @@ def worker_apps(pids: list[int]) -> dict[str, int]:
     return found
 
 
+def _stall(text: str) -> tuple[float, float]:
+    try:
+        return parse_stall(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bridge.tools.bench", description=__doc__)
     parser.add_argument("--calls", default="50,200,500", help="comma-separated N")
@@ -443,6 +460,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hog", type=int, default=0,
                         help="busy-loop processes during each run, one per CPU round robin")
     parser.add_argument("--hog-nice", type=int, default=0, help="niceness of the --hog loops")
+    parser.add_argument("--stall", type=_stall, default=None, metavar="MS/EVERY_S",
+                        help="SIGSTOP the relay for MS ms about every EVERY_S s during the "
+                             "window, as CPU steal pauses a VM (e.g. 100/1)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import resource
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -139,3 +142,55 @@ def cpu_busy_seconds(cpu: int) -> float:
                 idle = ticks[3] + ticks[4]  # idle + iowait
                 return (sum(ticks[:8]) - idle) / CLOCK_TICKS
     raise KeyError(f"/proc/stat has no cpu{cpu}")
+
+
+class Staller:
+    """`--stall MS/EVERY`: stop the processes (SIGSTOP) for MS milliseconds, about every EVERY
+    seconds (0.5x to 1.5x, seeded), then let them go on (SIGCONT). A hypervisor stealing the
+    vCPU does this to a VM: the process runs no code while the kernel (here: the other core)
+    keeps queueing its datagrams, and it wakes up late for everything at once. A nice-0 busy
+    loop cannot do that to a process at nice -10: the scheduler preempts the loop."""
+
+    def __init__(self, pids: list[int], stall_s: float, every_s: float, seed: int = 1) -> None:
+        self._pids = pids
+        self._stall_s = stall_s
+        self._every_s = every_s
+        self._rng = random.Random(seed)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="staller", daemon=True)
+        self.stalls = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.stalls
+
+    def _signal(self, sig: signal.Signals) -> None:
+        for pid in self._pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def _run(self) -> None:
+        try:
+            while not self._done.wait(self._every_s * self._rng.uniform(0.5, 1.5)):
+                self._signal(signal.SIGSTOP)
+                time.sleep(self._stall_s)
+                self._signal(signal.SIGCONT)
+                self.stalls += 1
+        finally:
+            self._signal(signal.SIGCONT)
+
+
+def parse_stall(text: str) -> tuple[float, float]:
+    """`100/0.5` -> (0.1 s stalled, every 0.5 s)."""
+    ms, sep, every = text.partition("/")
+    try:
+        stall_s, every_s = float(ms) / 1000, float(every) if sep else 1.0
+    except ValueError:
+        raise ValueError(f"--stall wants MS/EVERY_S, e.g. 100/0.5, got {text!r}") from None
+    if stall_s <= 0 or every_s <= stall_s:
+        raise ValueError(f"--stall {text}: the stall must be positive and shorter than its period")
+    return stall_s, every_s

@@ -200,6 +200,8 @@ def where_lines(run: RunResult) -> list[str]:
         parts += [f"bridge rx_lost {losses['rx_lost']}",
                   f"playout overflow {losses['tx_overflow_bytes']} B",
                   f"clock skipped {losses['skipped_frames']} frame times"]  # fmt: skip
+    if "stalls" in run.extra:
+        parts.insert(0, f"{run.extra['stalls']} stalls (--stall)")
     return [f"  window + drain, {run.relay}: " + ", ".join(parts)]
 
 

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bridge.tools.bench.losses import (
     BRIDGE_COUNTERS,
     Sample,
@@ -17,7 +19,7 @@ from bridge.tools.bench.losses import (
     parse_softnet,
     parse_udp_table,
 )
-from bridge.tools.bench.procs import parent_pid
+from bridge.tools.bench.procs import parent_pid, parse_stall
 
 # Captured on this VM: a socket on 127.0.0.1:42857 with SO_RCVBUF 1024 sent 50 datagrams of
 # 172 bytes (2 queued, 1664 bytes: 832 a datagram; 48 dropped), one idle on 0.0.0.0:42231.
@@ -127,3 +129,11 @@ def test_between_with_and_without_metrics() -> None:
 
 def test_parent_pid_with_a_name_that_has_spaces_and_parens() -> None:
     assert parent_pid("4242 (python -m (x)) S 17 4242 4242 0 -1 4194560") == 17
+
+
+def test_stall_option() -> None:
+    assert parse_stall("100/0.5") == (0.1, 0.5)
+    assert parse_stall("250") == (0.25, 1.0)
+    for bad in ("x/1", "0/1", "1000/1", "100/0.05"):
+        with pytest.raises(ValueError):
+            parse_stall(bad)
