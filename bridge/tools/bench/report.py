@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from bridge.tools.bench.losses import unexplained
+
 GAP_LIMIT_S = 0.030
 
 
@@ -199,7 +201,11 @@ def where_lines(run: RunResult) -> list[str]:
     if losses.get("rx_lost", -1) >= 0:
         parts += [f"bridge rx_lost {losses['rx_lost']}",
                   f"playout overflow {losses['tx_overflow_bytes']} B",
-                  f"clock skipped {losses['skipped_frames']} frame times"]  # fmt: skip
+                  f"clock skipped {losses['skipped_frames']} frame times",
+                  f"still queued at the hang-up {losses['queued_frames']} frames"]  # fmt: skip
+        left = unexplained(run.lost, losses)
+        if run.lost and left is not None:
+            parts.append(f"lost and in no counter {left}")
     if "stalls" in run.extra:
         parts.insert(0, f"{run.extra['stalls']} stalls (--stall)")
     return [f"  window + drain, {run.relay}: " + ", ".join(parts)]

@@ -18,6 +18,7 @@ from bridge.tools.bench.losses import (
     parse_snmp,
     parse_softnet,
     parse_udp_table,
+    unexplained,
 )
 from bridge.tools.bench.procs import parent_pid, parse_stall
 
@@ -116,15 +117,26 @@ def test_drops_per_side_between_samples() -> None:
 
 def test_between_with_and_without_metrics() -> None:
     counters = dict.fromkeys(BRIDGE_COUNTERS, 0.0)
-    later = {**counters, "pipecat_bridge_media_rx_late_total": 2.0}
+    later = {**counters, "pipecat_bridge_media_rx_late_total": 2.0,
+             "pipecat_bridge_playout_queue_seconds": 1.5}  # fmt: skip
     udp = {1: UdpSocket(1, 20000, 0, 0)}
     a = Sample(udp, {"RcvbufErrors": 10}, frozenset({1}), frozenset(), counters)
     b = Sample(udp, {"RcvbufErrors": 13}, frozenset({1}), frozenset(), later)
     out = between(a, b)
     assert out["host_RcvbufErrors"] == 3 and out["host_SndbufErrors"] == -1
     assert out["rx_late"] == 2 and out["bot_dropped"] == 0 and out["relay_drops"] == 0
+    assert out["queued_frames"] == 75  # 1.5 s of 20 ms frames, read at the second sample
     no_metrics = between(a, Sample(udp, {}, frozenset({1}), frozenset(), None))
     assert no_metrics["rx_late"] == -1 and no_metrics["host_RcvbufErrors"] == -1
+    assert no_metrics["queued_frames"] == -1
+
+
+def test_unexplained_loss() -> None:
+    found = {"relay_drops": 1, "harness_drops": 2, "rx_late": 3, "bot_dropped": 4,
+             "tx_overflow_bytes": 5 * 160, "queued_frames": 6}  # fmt: skip
+    assert unexplained(21, found) == 0
+    assert unexplained(30, found) == 9
+    assert unexplained(5, {**found, "rx_late": -1}) is None
 
 
 def test_parent_pid_with_a_name_that_has_spaces_and_parens() -> None:
