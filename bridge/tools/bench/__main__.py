@@ -215,6 +215,8 @@ class Bench:
         a = self.args
         npz = self.out_dir / f"{tag}.npz"
         drain = 1.0 if result.bot == "echo" else 2.5
+        if a.drain is not None:
+            drain = a.drain
         self._start_hogs(tag)
         workers = a.workers if result.relay != "naive" else 1
         loadgen = self.spawn(
@@ -443,6 +445,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--search-max", type=int, default=1400)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rate", type=float, default=100.0, help="calls placed per second")
+    parser.add_argument("--drain", type=float, default=None,
+                        help="seconds between the window's end and the hang-up, for the last "
+                             "echoes to come back (default 1, bursty bot 2.5)")
     parser.add_argument("--setup-timeout", type=float, default=60.0)
     parser.add_argument("--nice", type=int, default=-10,
                         help="niceness of the relay and loadgen (needs root; 0: leave as is)")

@@ -30,6 +30,10 @@ BRIDGE_COUNTERS = {
     "pipecat_bridge_media_rx_lost_total": "rx_lost",
     "pipecat_bridge_media_rx_packets_total": "rx_packets",
     "pipecat_bridge_media_tx_packets_total": "tx_packets",
+    # Silence sent while the bot had nothing queued: with a caller and an echo bot that talk
+    # all the time, each run of these is a dry-out after which the playout reserve is held
+    # again, so the echo comes back that much later for the rest of the call.
+    "pipecat_bridge_media_tx_silence_total": "tx_silence",
     "pipecat_bridge_bot_messages_dropped_total": "bot_dropped",
     "pipecat_bridge_bot_messages_sent_total": "bot_sent",
     "pipecat_bridge_media_tx_overflow_bytes_total": "tx_overflow_bytes",

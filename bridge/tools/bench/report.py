@@ -202,10 +202,11 @@ def where_lines(run: RunResult) -> list[str]:
         parts += [f"bridge rx_lost {losses['rx_lost']}",
                   f"playout overflow {losses['tx_overflow_bytes']} B",
                   f"clock skipped {losses['skipped_frames']} frame times",
+                  f"silence sent {losses['tx_silence']}",
                   f"still queued at the hang-up {losses['queued_frames']} frames"]  # fmt: skip
         left = unexplained(run.lost, losses)
         if run.lost and left is not None:
-            parts.append(f"lost and in no counter {left}")
+            parts.append(f"lost and in no counter {max(0, left)}")
     if "stalls" in run.extra:
         parts.insert(0, f"{run.extra['stalls']} stalls (--stall)")
     return [f"  window + drain, {run.relay}: " + ", ".join(parts)]
