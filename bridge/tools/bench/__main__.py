@@ -351,7 +351,9 @@ class Bench:
     def _core_busy(self) -> tuple[float, float] | None:
         if self.relay_cpu is None or self.harness_cpu is None:
             return None
-        return cpu_busy_seconds(self.relay_cpu), cpu_busy_seconds(self.harness_cpu)
+        # --workers: every CPU the supervisor's workers may run on.
+        cpus = self.relay_cpus if self.args.workers > 1 and self.relay_cpus else {self.relay_cpu}
+        return sum(map(cpu_busy_seconds, cpus)), cpu_busy_seconds(self.harness_cpu)
 
     def _profile(self, pid: int, tag: str, seconds: float) -> subprocess.Popen[bytes] | None:
         if not self.args.py_spy:
