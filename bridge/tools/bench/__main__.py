@@ -130,6 +130,8 @@ class Bench:
         self.relay_cpus: set[int] | None = None
         if self.harness_cpu is not None:
             self.relay_cpus = {c for c in cpus if c != self.harness_cpu}
+        if args.relay_cpus:  # e.g. every CPU, the harness's too: one worker per core
+            self.relay_cpus = {int(c) for c in args.relay_cpus.split(",")}
         self.out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="bridge-bench-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -296,6 +298,8 @@ class Bench:
         if busy0 is not None and busy1 is not None:
             # What else ran on the relay's core (other people's tests, say): it steals cycles.
             foreign = (busy1[0] - busy0[0] - (cpu1 - cpu0)) / (w1 - w0)
+            if workers > 1 and self.harness_cpu in (self.relay_cpus or ()):
+                foreign -= result.harness_cpu_share  # --relay-cpus with the harness's CPU
             result.extra["foreign_share_relay_core"] = foreign
             if foreign > FOREIGN_LIMIT:
                 result.warnings.append(
@@ -460,6 +464,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="profile the relay with py-spy during each window")
     parser.add_argument("--workers", type=int, default=1,
                         help="run the bridge as a --workers N supervisor (N > 1)")
+    parser.add_argument("--relay-cpus", default="",
+                        help="--workers: the CPUs the supervisor and its workers may use, e.g. "
+                             "0,1 (default: all but the harness's)")
     parser.add_argument("--dispatch", choices=DISPATCHES, default="stasis",
                         help="Stasis(app), or StasisBroadcast(500,^pipecat) with claims")
     parser.add_argument("--claim-max-delay-ms", type=int, default=None,
