@@ -650,9 +650,10 @@ def dispatch_targets(results: list[RunResult], first: str, verdict: Any) -> list
     run = runs[0]
     lines = []
     deviation = run.extra.get("split_deviation", math.nan)
-    ok = None if math.isnan(deviation) or run.workers < 2 else deviation <= SPLIT_LIMIT
-    lines.append(f"  {verdict(ok)}  {run.workers} workers split N=200 within "
-                 f"±{SPLIT_LIMIT:.0%}: the largest share is {deviation:.1%} off even")
+    if run.workers > 1:
+        ok = None if math.isnan(deviation) else deviation <= SPLIT_LIMIT
+        lines.append(f"  {verdict(ok)}  {run.workers} workers split N=200 within "
+                     f"±{SPLIT_LIMIT:.0%}: the largest share is {deviation:.1%} off even")
     dispatch = run.extra.get("dispatch", {})
     if run.dispatch == "broadcast" and "latency_ms" in dispatch:
         raw, added = dispatch["latency_ms"]["p99"], dispatch["added_ms"]["p99"]
