@@ -56,6 +56,7 @@ from bridge.tools.bench.procs import (
     cpu_busy_seconds,
     cpu_seconds,
     cpu_split,
+    cpu_steal_seconds,
     descendants,
     parse_stall,
     status_kib,
@@ -69,6 +70,7 @@ RTP_PORTS = "20000-29999"  # below the ephemeral range rtpgen's sockets come fro
 HARNESS_BUSY = 0.85  # of its core: above this the generator's numbers are suspect
 SATURATED = 0.9  # of its core: the relay is falling behind, not idling between packets
 FOREIGN_LIMIT = 0.05  # of the relay's core used by processes that are not the relay
+STEAL_LIMIT = 0.01  # of a core: /proc/stat's steal on the relay's and the harness's CPUs
 LATE_LIMIT_MS = 5.0  # generator tick lateness p99 above this: our input jitter is not 20 ms
 TRANSPORTS = ("rtp", "audiosocket", "websocket")
 RTP_ONLY = ("naive",)  # relays that cannot carry the other transports
@@ -301,9 +303,15 @@ class Bench:
             if workers > 1 and self.harness_cpu in (self.relay_cpus or ()):
                 foreign -= result.harness_cpu_share  # --relay-cpus with the harness's CPU
             result.extra["foreign_share_relay_core"] = foreign
+            result.extra["steal_share"] = (busy1[2] - busy0[2]) / (w1 - w0)
             if foreign > FOREIGN_LIMIT:
                 result.warnings.append(
                     f"other processes used {foreign:.0%} of the relay's core during the window"
+                )
+            if result.extra["steal_share"] > STEAL_LIMIT:
+                result.warnings.append(
+                    f"the hypervisor stole {result.extra['steal_share']:.1%} of a core from the "
+                    "relay's and the harness's CPUs during the window"
                 )
         result.rss_per_call_kib = (hwm - rss_idle) / result.calls
         with np.load(npz) as records:
@@ -352,12 +360,15 @@ class Bench:
             self.spawn([sys.executable, "-c", HOG], cpu, f"{tag}.hog.log", nice=self.args.hog_nice,
                        stdout=subprocess.DEVNULL)  # fmt: skip
 
-    def _core_busy(self) -> tuple[float, float] | None:
+    def _core_busy(self) -> tuple[float, float, float] | None:
+        """CPU time of the relay's core(s) and the harness's, all uses; and the steal of
+        both (already in the first two: the hypervisor ran someone else's VM)."""
         if self.relay_cpu is None or self.harness_cpu is None:
             return None
         # --workers: every CPU the supervisor's workers may run on.
         cpus = self.relay_cpus if self.args.workers > 1 and self.relay_cpus else {self.relay_cpu}
-        return sum(map(cpu_busy_seconds, cpus)), cpu_busy_seconds(self.harness_cpu)
+        return (sum(map(cpu_busy_seconds, cpus)), cpu_busy_seconds(self.harness_cpu),
+                sum(map(cpu_steal_seconds, [*cpus, self.harness_cpu])))
 
     def _profile(self, pid: int, tag: str, seconds: float) -> subprocess.Popen[bytes] | None:
         if not self.args.py_spy:

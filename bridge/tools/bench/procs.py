@@ -133,6 +133,15 @@ def stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> int | None:
         return proc.wait()
 
 
+def cpu_steal_seconds(cpu: int) -> float:
+    """Time the hypervisor ran something else while CPU `cpu` wanted to run (since boot)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(f"cpu{cpu} "):
+                return int(line.split()[8]) / CLOCK_TICKS
+    raise KeyError(f"/proc/stat has no cpu{cpu}")
+
+
 def cpu_busy_seconds(cpu: int) -> float:
     """Everything CPU `cpu` ran (any process, interrupts) since boot, from /proc/stat."""
     with open("/proc/stat", encoding="ascii") as fh:
