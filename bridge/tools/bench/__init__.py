@@ -22,6 +22,14 @@ relay's core, calls not up, channels left behind) is flagged under its block of 
 the bridge's AudioSocket or chan_websocket connections instead (the loadgen opens each one and
 hands it over); the naive relay is RTP-only, so its column says n/a.
 
-Modules: `rtpgen` (UDP), `loadgen` (ARI + calls), `echo_bot` (bot WebSocket server),
-`naive_relay` (the baseline), `procstat` (/proc), `report` (metrics, table), `__main__` (CLI).
+`--workers N --dispatch broadcast` (`make bench BENCH_ARGS="--workers 2 --dispatch broadcast
+--calls 200 --bots echo --no-search"`): the bridge as a --workers supervisor, every call
+offered with StasisBroadcast and claimed; per worker its share of the calls and CPU, and the
+claim latency. Every run also says where packets went (kernel drops on either side's UDP
+sockets, the bridge's reorder window, bot send queue and playout queue); `--stall MS/EVERY_S`
+pauses the relay as CPU steal pauses a VM.
+
+Modules: `rtpgen` (UDP), `loadgen` (ARI + calls), `dispatch` (StasisBroadcast and claims,
+pure), `echo_bot` (bot WebSocket server), `naive_relay` (the baseline), `procs` (/proc,
+pinning, stalls), `losses` (where packets went), `report` (metrics, table), `__main__` (CLI).
 """
