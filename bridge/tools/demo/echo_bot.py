@@ -271,13 +271,15 @@ async def _close_quietly(websocket: WebSocket, code: int) -> None:
         await websocket.close(code=code)
 
 
-async def _run_echo(
+def bot_worker(
     websocket: WebSocket,
     call: EchoCallStats,
     serializer: FrameSerializer,
     sample_rate: int,
-    hangup_after: float | None,
-) -> None:
+    processor: FrameProcessor,
+) -> PipelineWorker:
+    """A stock telephony bot's pipeline on `websocket`: transport in, `processor`, transport
+    out, at `sample_rate`; cancelled when the bridge closes the connection."""
     transport = FastAPIWebsocketTransport(
         websocket=websocket,
         params=FastAPIWebsocketParams(
@@ -291,7 +293,7 @@ async def _run_echo(
         ),
     )
     worker = PipelineWorker(
-        Pipeline([transport.input(), EchoProcessor(call), transport.output()]),
+        Pipeline([transport.input(), processor, transport.output()]),
         # The serializer takes its PCM rate from here, not from the transport params.
         params=PipelineParams(audio_in_sample_rate=sample_rate, audio_out_sample_rate=sample_rate),
         enable_rtvi=False,
@@ -303,6 +305,17 @@ async def _run_echo(
         call.ended_by = call.ended_by or "caller"
         await worker.cancel()
 
+    return worker
+
+
+async def _run_echo(
+    websocket: WebSocket,
+    call: EchoCallStats,
+    serializer: FrameSerializer,
+    sample_rate: int,
+    hangup_after: float | None,
+) -> None:
+    worker = bot_worker(websocket, call, serializer, sample_rate, EchoProcessor(call))
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     hangup = None

@@ -45,14 +45,8 @@ from pipecat.frames.frames import (
     OutputTransportMessageUrgentFrame,
     StartFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.serializers.base_serializer import FrameSerializer
-from pipecat.transports.websocket.fastapi import (
-    FastAPIWebsocketParams,
-    FastAPIWebsocketTransport,
-)
 from pipecat.workers.runner import WorkerRunner
 
 from bridge import botkit
@@ -67,6 +61,7 @@ from bridge.tools.demo.echo_bot import (
     EchoCallStats,
     _serializer,
     accept_call,
+    bot_worker,
     quiet_pipecat_logs,
     serve_app,
 )
@@ -290,33 +285,9 @@ async def _run_bot(
     sample_rate: int,
     plan: TransferPlan,
 ) -> None:
-    transport = FastAPIWebsocketTransport(
-        websocket=websocket,
-        params=FastAPIWebsocketParams(
-            serializer=serializer,
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            audio_in_sample_rate=sample_rate,
-            audio_out_sample_rate=sample_rate,
-            add_wav_header=False,
-            allowed_origins=[],
-        ),
-    )
-    processor = TransferBotProcessor(stats, plan, sample_rate)
-    worker = PipelineWorker(
-        Pipeline([transport.input(), processor, transport.output()]),
-        # The serializer takes its PCM rate from here, not from the transport params.
-        params=PipelineParams(audio_in_sample_rate=sample_rate, audio_out_sample_rate=sample_rate),
-        enable_rtvi=False,
-        idle_timeout_secs=None,
-    )
-
     # The bot never closes: after a hang-up or a transfer the bridge ends the connection.
-    @transport.event_handler("on_client_disconnected")
-    async def on_client_disconnected(_transport: Any, _websocket: Any) -> None:
-        stats.call.ended_by = stats.call.ended_by or "caller"
-        await worker.cancel()
-
+    processor = TransferBotProcessor(stats, plan, sample_rate)
+    worker = bot_worker(websocket, stats.call, serializer, sample_rate, processor)
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     await runner.run()
